@@ -1,0 +1,112 @@
+"""Command line: `serve` (the default) and `create-agent`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .auth import hash_password
+from .config import Settings, load_settings
+from .errors import ChatServerError
+from .store import create_store
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until interrupted."""
+    app = create_app(settings)
+    logging.getLogger("sio_server").info(
+        "serving on http://%s:%d with %s",
+        settings.host,
+        settings.port,
+        "SQLite" if not settings.database_url else settings.database_url.split(":")[0],
+    )
+    # Polling clients make several requests a second each, so the access log is
+    # kept for debugging only.
+    access_log = (
+        logging.getLogger("aiohttp.access") if settings.log_level == "DEBUG" else None
+    )
+    web.run_app(
+        app, host=settings.host, port=settings.port, print=None, access_log=access_log
+    )
+
+
+async def _create_agent(
+    settings: Settings, email: str, name: str, password: str, is_admin: bool
+) -> str:
+    store = create_store(settings.effective_database_url)
+    await store.open()
+    try:
+        agent = await store.create_agent(
+            email, name, hash_password(password), is_admin=is_admin
+        )
+    finally:
+        await store.close()
+    return agent.id
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if password != getpass.getpass("Repeat password: "):
+        raise ChatServerError("the passwords do not match")
+    return password
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sio_server", description="Live-chat Socket.IO server."
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default command)")
+    create = commands.add_parser("create-agent", help="add an agent account")
+    create.add_argument("--email", required=True, help="sign-in email, unique")
+    create.add_argument("--name", required=True, help="name shown to visitors")
+    create.add_argument("--admin", action="store_true", help="give admin rights")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+        _configure_logging(settings.log_level)
+        if args.command in (None, "serve"):
+            serve(settings)
+            return 0
+        email, name = args.email.strip(), args.name.strip()
+        if "@" not in email or not name:
+            raise ChatServerError(
+                "--email must be an email address and --name non-empty"
+            )
+        password = _read_password(args.password_stdin)
+        if len(password) < 8:
+            raise ChatServerError("the password must have at least 8 characters")
+        agent_id = asyncio.run(
+            _create_agent(settings, email, name, password, args.admin)
+        )
+    except ChatServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(agent_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

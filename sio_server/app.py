@@ -1,0 +1,78 @@
+"""Build the aiohttp application with the Socket.IO server and its services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from .auth import TokenSigner
+from .config import Settings, ensure_secret_key
+from .events import register_events
+from .http import METRICS_KEY, SERVICE_KEY, add_routes, error_middleware
+from .metrics import Metrics
+from .service import ChatService
+from .store import create_store
+
+logger = logging.getLogger("sio_server.app")
+
+
+def _origin_checker(allowed: tuple[str, ...]) -> Any:
+    """Return the CORS rule for Engine.IO: same origin, listed origins, or any."""
+    if "*" in allowed:
+        return "*"
+    listed = set(allowed)
+
+    def is_allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
+        if origin is None or origin in listed:
+            return True
+        same = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST')}"
+        return origin == same
+
+    return is_allowed
+
+
+def create_sio(settings: Settings) -> socketio.AsyncServer:
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=_origin_checker(settings.cors_origins),
+        ping_interval=settings.ping_interval_s,
+        ping_timeout=settings.ping_timeout_s,
+        # Well above a 4,000-character message (at most 16 KB of UTF-8), so an
+        # oversize text gets a payload_too_large reply, not a dropped connection.
+        max_http_buffer_size=settings.max_payload_bytes,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Return the application; the store opens when the app starts."""
+    settings = ensure_secret_key(settings)
+    sio = create_sio(settings)
+    store = create_store(settings.effective_database_url)
+    signer = TokenSigner(
+        settings.secret_key, settings.agent_token_ttl_s, settings.visitor_token_ttl_s
+    )
+    metrics = Metrics()
+    service = ChatService(sio, store, signer, settings, metrics)
+
+    app = web.Application(middlewares=[error_middleware])
+    app[SERVICE_KEY] = service
+    app[METRICS_KEY] = metrics
+    sio.attach(app)
+    register_events(sio, service)
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        await service.start()
+        yield
+        await service.stop()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,167 @@
+"""Settings read from `CHAT_*` environment variables and validated once at start."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import ConfigError
+
+PREFIX = "CHAT_"
+SECRET_KEY_FILE = "secret_key"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings: each field is read from `CHAT_` plus its name in upper case."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    secret_key: str = ""
+    cors_origins: tuple[str, ...] = ()
+    visitor_grace_s: float = 120.0
+    agent_grace_s: float = 60.0
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
+    agent_token_ttl_s: int = 12 * 3600
+    visitor_token_ttl_s: int = 30 * 24 * 3600
+    max_payload_bytes: int = 1_000_000
+    log_level: str = "INFO"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Return the SQLite file used when no database URL is set."""
+        return self.data_dir / "chat.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        """Return `database_url`, or the data dir's SQLite file when it is empty."""
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+
+def _parse_port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return value
+
+
+def _parse_positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _parse_origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"origin {origin!r} must start with http:// or https://")
+    return origins
+
+
+def _parse_log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def _parse_database_url(raw: str) -> str:
+    if raw and not raw.startswith("sqlite:///"):
+        raise ValueError("only sqlite:///PATH URLs are supported by this build")
+    return raw
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "host": str.strip,
+    "port": _parse_port,
+    "data_dir": Path,
+    "database_url": _parse_database_url,
+    "secret_key": str,
+    "cors_origins": _parse_origins,
+    "visitor_grace_s": _parse_positive_float,
+    "agent_grace_s": _parse_positive_float,
+    "ping_interval_s": _parse_positive_float,
+    "ping_timeout_s": _parse_positive_float,
+    "agent_token_ttl_s": _parse_positive_int,
+    "visitor_token_ttl_s": _parse_positive_int,
+    "max_payload_bytes": _parse_positive_int,
+    "log_level": _parse_log_level,
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from the environment, raising `ConfigError` on a bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, parse in _PARSERS.items():
+        variable = PREFIX + name.upper()
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}={raw!r} is invalid: {exc}") from exc
+    unknown = sorted(
+        key
+        for key in env
+        if key.startswith(PREFIX) and key[len(PREFIX) :].lower() not in _PARSERS
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]}: check the spelling against the README"
+        )
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.max_payload_bytes < 64 * 1024:
+        raise ConfigError(
+            "CHAT_MAX_PAYLOAD_BYTES must be at least 65536 so that an oversize "
+            "message gets an error reply instead of a dropped connection"
+        )
+    return settings
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Return settings with a secret key, creating one in the data dir when unset.
+
+    The generated key is kept in `DATA_DIR/secret_key` (mode 0600) so that tokens
+    signed before a restart stay valid after it.
+    """
+    if settings.secret_key:
+        if len(settings.secret_key) < 32:
+            raise ConfigError(
+                "CHAT_SECRET_KEY is too short: use at least 32 characters"
+            )
+        return settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / SECRET_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+    else:
+        key = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(key + "\n")
+    if len(key) < 32:
+        raise ConfigError(
+            f"{path} contains a key shorter than 32 characters: delete it"
+        )
+    return replace(settings, secret_key=key)

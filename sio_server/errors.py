@@ -1,0 +1,72 @@
+"""Exception tree: every error a client can see carries a stable wire code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatServerError(Exception):
+    """Root of the server's own exceptions."""
+
+
+class ConfigError(ChatServerError):
+    """A `CHAT_*` setting is missing or invalid."""
+
+
+class ChatError(ChatServerError):
+    """An error reported to a client as `{"code", "message"}`."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the `error` object of an `ok: false` reply."""
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidPayload(ChatError):
+    code = "invalid_payload"
+    http_status = 400
+
+
+class NotFound(ChatError):
+    code = "not_found"
+    http_status = 404
+
+
+class Forbidden(ChatError):
+    code = "forbidden"
+    http_status = 403
+
+
+class WrongState(ChatError):
+    code = "wrong_state"
+    http_status = 409
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class PayloadTooLarge(ChatError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class Unauthorized(ChatError):
+    """A token is missing, malformed, expired or names nobody."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class InvalidAuth(ChatError):
+    """The handshake `auth` object does not have the expected shape."""
+
+    code = "invalid_auth"
+    http_status = 400

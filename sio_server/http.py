@@ -1,0 +1,185 @@
+"""REST routes: login, chat list, transcripts, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import get_args
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import schemas
+from .auth import TokenClaims, verify_password_async
+from .errors import ChatError, Forbidden, InvalidPayload, NotFound, Unauthorized
+from .metrics import Metrics
+from .models import ChatStatus
+from .service import ChatService
+
+logger = logging.getLogger("sio_server.http")
+
+SERVICE_KEY = web.AppKey("service", ChatService)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+_CHAT_STATUSES = set(get_args(ChatStatus))
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status
+    )
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Turn every failure of an API route into the contract's JSON error body."""
+    try:
+        return await handler(request)
+    except ChatError as exc:
+        logger.warning(
+            "%s %s rejected: %s %s", request.method, request.path, exc.code, exc.message
+        )
+        return json_error(exc.http_status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "invalid_payload"
+        return json_error(exc.status, code, exc.reason)
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        return json_error(
+            500, "internal_error", "the server failed to handle the request"
+        )
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+async def _agent_claims(request: web.Request) -> TokenClaims:
+    service = request.app[SERVICE_KEY]
+    claims = service.signer.verify(_bearer(request), "agent")
+    if await service.store.get_agent(claims.subject) is None:
+        raise Unauthorized("agent token names an unknown agent")
+    return claims
+
+
+def _int_query(
+    request: web.Request, name: str, default: int, low: int, high: int
+) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InvalidPayload(
+            f"query parameter {name}={raw!r} is not a whole number"
+        ) from exc
+    if not low <= value <= high:
+        raise InvalidPayload(f"query parameter {name} must be between {low} and {high}")
+    return value
+
+
+async def login(request: web.Request) -> web.Response:
+    """Exchange an agent's email and password for an access token."""
+    service = request.app[SERVICE_KEY]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidPayload("request body must be JSON") from exc
+    credentials = schemas.parse_object(schemas.Login, body)
+    agent = await service.store.get_agent_by_email(credentials.email)
+    password_hash = agent.password_hash if agent else None
+    if (
+        not await verify_password_async(password_hash, credentials.password)
+        or not agent
+    ):
+        logger.warning("login failed for an account")
+        raise Unauthorized("email or password is wrong")
+    logger.info("login agent=%s", agent.id)
+    token = service.signer.issue("agent", agent.id)
+    return web.json_response({"token": token, "agent": agent.to_wire()})
+
+
+async def list_chats(request: web.Request) -> web.Response:
+    """List chats newest first, filtered by `status` and `agent_id`."""
+    await _agent_claims(request)
+    status = request.query.get("status")
+    if status is not None and status not in _CHAT_STATUSES:
+        raise InvalidPayload(
+            f"status={status!r} is invalid: use one of "
+            + ", ".join(sorted(_CHAT_STATUSES))
+        )
+    limit = _int_query(request, "limit", 50, 1, 500)
+    chats = await request.app[SERVICE_KEY].store.list_chats(
+        status=status,  # type: ignore[arg-type]
+        agent_id=request.query.get("agent_id"),
+        limit=limit,
+        before=request.query.get("before"),
+    )
+    return web.json_response({"chats": [chat.to_wire() for chat in chats]})
+
+
+async def chat_messages(request: web.Request) -> web.Response:
+    """Return a chat's transcript to any agent or to the chat's own visitor."""
+    service = request.app[SERVICE_KEY]
+    chat_id = request.match_info["chat_id"]
+    token = _bearer(request)
+    chat = await service.store.get_chat(chat_id)
+    try:
+        await _agent_claims(request)
+    except Unauthorized:
+        claims = service.signer.verify(token, "visitor")
+        if chat is not None and chat.visitor_id != claims.subject:
+            raise Forbidden(f"chat {chat_id!r} is not yours") from None
+    if chat is None:
+        raise NotFound(f"chat {chat_id!r} not found")
+    after_seq = _int_query(request, "after_seq", 0, 0, 2**62)
+    limit = _int_query(request, "limit", 500, 1, 1000)
+    messages, has_more = await service.store.list_messages(
+        chat_id, after_seq=after_seq, limit=limit
+    )
+    return web.json_response(
+        {
+            "chat": chat.to_wire(),
+            "messages": [message.to_wire() for message in messages],
+            "has_more": has_more,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Report liveness and whether the store answers."""
+    try:
+        await request.app[SERVICE_KEY].store.ping()
+    except Exception as exc:
+        logger.error("health check failed: store unreachable: %s", exc)
+        return web.json_response(
+            {"status": "error", "store": "unreachable"}, status=503
+        )
+    return web.json_response({"status": "ok", "store": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Expose counters and gauges in the Prometheus text format."""
+    registry = await request.app[METRICS_KEY].collect(request.app[SERVICE_KEY])
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/auth/login", login)
+    app.router.add_get("/api/chats", list_chats)
+    app.router.add_get("/api/chats/{chat_id}/messages", chat_messages)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

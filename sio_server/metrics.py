@@ -1,0 +1,65 @@
+"""Prometheus counters updated by the service, and gauges read at scrape time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+if TYPE_CHECKING:
+    from .service import ChatService
+
+
+class Metrics:
+    """One registry per application, so several servers in one process stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "chat_messages_total",
+            "Messages stored, by sender role.",
+            ["role"],
+            registry=self.registry,
+        )
+        self.chat_events = Counter(
+            "chat_lifecycle_total",
+            "Chat lifecycle transitions: queued, matched, requeued, ended.",
+            ["transition"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "chat_event_errors_total",
+            "Error replies sent to clients, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self._sockets = Gauge(
+            "chat_connected_sockets",
+            "Connected Socket.IO clients, by role.",
+            ["role"],
+            registry=self.registry,
+        )
+        self._people = Gauge(
+            "chat_connected_people",
+            "Visitors and agents with at least one connected socket, by role.",
+            ["role"],
+            registry=self.registry,
+        )
+        self._queued = Gauge(
+            "chat_queue_length", "Chats waiting for an agent.", registry=self.registry
+        )
+        self._oldest = Gauge(
+            "chat_queue_oldest_wait_seconds",
+            "Wait of the oldest queued chat; 0 when the queue is empty.",
+            registry=self.registry,
+        )
+
+    async def collect(self, service: ChatService) -> CollectorRegistry:
+        """Refresh the gauges from live state and return the registry."""
+        for role in ("visitor", "agent"):
+            self._sockets.labels(role).set(service.presence.socket_count(role))
+            self._people.labels(role).set(service.presence.person_count(role))
+        summary = await service.queue_summary()
+        self._queued.set(summary["queued"])
+        self._oldest.set(summary["oldest_wait_s"] or 0)
+        return self.registry

@@ -1,0 +1,146 @@
+"""Records returned by the store, and their shape on the wire."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+ChatStatus = Literal["queued", "active", "ended"]
+AgentStatus = Literal["offline", "away", "ready"]
+SenderRole = Literal["visitor", "agent", "system"]
+
+
+def new_id() -> str:
+    """Return a random identifier for a visitor, agent, chat or message."""
+    return str(uuid.uuid4())
+
+
+def utc_now() -> str:
+    """Return the current time as ISO 8601 in UTC with millisecond precision."""
+    return format_time(datetime.now(UTC))
+
+
+def format_time(moment: datetime) -> str:
+    """Format an aware datetime as `YYYY-MM-DDTHH:MM:SS.mmmZ`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse a time written by `format_time`."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    id: str
+    name: str
+    email: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    email: str
+    name: str
+    password_hash: str
+    is_admin: bool
+    status: AgentStatus
+    max_chats: int
+    created_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the public fields, without the password hash."""
+        return {
+            "id": self.id,
+            "email": self.email,
+            "name": self.name,
+            "is_admin": self.is_admin,
+            "status": self.status,
+            "max_chats": self.max_chats,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    id: str
+    status: ChatStatus
+    visitor_id: str
+    visitor_name: str
+    agent_id: str | None
+    agent_name: str | None
+    department: str | None
+    created_at: str
+    queued_at: str | None
+    assigned_at: str | None
+    ended_at: str | None
+    ended_by: SenderRole | None
+    end_reason: str | None
+    last_seq: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the contract's `Chat` object."""
+        agent = None
+        if self.agent_id is not None:
+            agent = {"id": self.agent_id, "name": self.agent_name}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "visitor": {"id": self.visitor_id, "name": self.visitor_name},
+            "agent": agent,
+            "department": self.department,
+            "created_at": self.created_at,
+            "last_seq": self.last_seq,
+            "ended_at": self.ended_at,
+            "ended_by": self.ended_by,
+            "end_reason": self.end_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    chat_id: str
+    seq: int
+    sender_role: SenderRole
+    sender_id: str
+    sender_name: str
+    text: str
+    client_id: str
+    created_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the contract's `Message` object."""
+        return {
+            "id": self.id,
+            "chat_id": self.chat_id,
+            "seq": self.seq,
+            "sender": {
+                "role": self.sender_role,
+                "id": self.sender_id,
+                "name": self.sender_name,
+            },
+            "text": self.text,
+            "client_id": self.client_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who writes a message: the identity from the handshake, never the payload."""
+
+    role: SenderRole
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A queued chat in queue order, as the position updates need it."""
+
+    chat_id: str
+    visitor_id: str
+    queued_at: str

@@ -1,0 +1,173 @@
+"""Who is connected: sockets per person, grace timers, and per-chat locks.
+
+All of it is in-process state. A person is online while at least one socket of
+theirs is connected; grace timers start when the last one goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+logger = logging.getLogger("sio_server.presence")
+
+Role = Literal["visitor", "agent"]
+PersonKey = tuple[Role, str]
+
+
+@dataclass(slots=True)
+class Connection:
+    """The identity of one socket, fixed at connect from the handshake `auth`."""
+
+    sid: str
+    role: Role
+    person_id: str
+    name: str
+
+    @property
+    def key(self) -> PersonKey:
+        return (self.role, self.person_id)
+
+
+class Presence:
+    """Track connected sockets per person and run a timer when the last one leaves."""
+
+    def __init__(
+        self, on_expired: Callable[[PersonKey], Coroutine[Any, Any, None]]
+    ) -> None:
+        self._connections: dict[str, Connection] = {}
+        self._sockets: dict[PersonKey, set[str]] = {}
+        self._timers: dict[PersonKey, asyncio.TimerHandle] = {}
+        self._on_expired = on_expired
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, sid: str) -> Connection | None:
+        return self._connections.get(sid)
+
+    def sockets(self, key: PersonKey) -> set[str]:
+        """Return the sids of a person's connected sockets (a copy)."""
+        return set(self._sockets.get(key, ()))
+
+    def is_online(self, key: PersonKey) -> bool:
+        return bool(self._sockets.get(key))
+
+    def socket_count(self, role: Role) -> int:
+        return sum(1 for item in self._connections.values() if item.role == role)
+
+    def person_count(self, role: Role) -> int:
+        return sum(1 for key in self._sockets if key[0] == role)
+
+    def add(self, connection: Connection) -> bool:
+        """Register a socket; return True when it is the person's first one."""
+        self._connections[connection.sid] = connection
+        sockets = self._sockets.setdefault(connection.key, set())
+        sockets.add(connection.sid)
+        self.cancel_grace(connection.key)
+        return len(sockets) == 1
+
+    def remove(self, sid: str) -> tuple[Connection | None, bool]:
+        """Unregister a socket; the flag is True when the person has no socket left."""
+        connection = self._connections.pop(sid, None)
+        if connection is None:
+            return None, False
+        sockets = self._sockets.get(connection.key, set())
+        sockets.discard(sid)
+        if sockets:
+            return connection, False
+        self._sockets.pop(connection.key, None)
+        return connection, True
+
+    def start_grace(self, key: PersonKey, seconds: float) -> None:
+        """Call the expiry callback after `seconds` unless the person reconnects."""
+        self.cancel_grace(key)
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(seconds, self._expire, key)
+        logger.debug("grace started for %s %s: %.1f s", key[0], key[1], seconds)
+
+    def cancel_grace(self, key: PersonKey) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, key: PersonKey) -> None:
+        self._timers.pop(key, None)
+        if self.is_online(key):
+            return
+        task = asyncio.create_task(self._on_expired(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Cancel every pending timer, as on shutdown."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+class KeyedLocks:
+    """One FIFO asyncio lock per key, dropped when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class CoalescedRunner:
+    """Run an async job on request, never twice at once.
+
+    Requests that arrive while the job runs make it run once more afterwards, so
+    a burst of requests costs at most two runs.
+    """
+
+    def __init__(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+        self._name = name
+        self._job = job
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._job()
+            except Exception:
+                logger.exception("%s failed", self._name)
+            if not self._again:
+                return
+
+    async def wait(self) -> None:
+        """Wait for the current run, if any, to finish."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,554 @@
+"""Chat operations: queueing, matching, messages, ending, grace expiry.
+
+Event handlers call these methods with the caller's `Connection` and a parsed
+payload, and return what the methods return as the `ok` reply. Everything that
+touches one chat runs under that chat's lock, taken before the first await that
+can suspend, so messages get their seq in arrival order and are delivered in
+that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import socketio
+
+from . import schemas
+from .auth import TokenSigner
+from .config import Settings
+from .errors import Forbidden, InvalidPayload, NotFound, Unauthorized, WrongState
+from .metrics import Metrics
+from .models import Chat, Sender, SenderRole, parse_time
+from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
+from .store import Store
+
+logger = logging.getLogger("sio_server.chats")
+
+AGENTS_ROOM = "agents"
+# `queue_changed` goes to agents at most this often; the contract asks for at
+# most a few times a second.
+QUEUE_CHANGED_INTERVAL_S = 0.25
+# `chat_started` carries the transcript so far, up to this many messages;
+# clients page further back with `history`.
+STARTED_MESSAGES_LIMIT = 500
+
+
+def chat_room(chat_id: str) -> str:
+    return f"chat:{chat_id}"
+
+
+def person_room(role: str, person_id: str) -> str:
+    return f"{role}:{person_id}"
+
+
+def reply(**fields: Any) -> dict[str, Any]:
+    """Build an `ok: true` reply."""
+    return {"ok": True, **fields}
+
+
+class ChatService:
+    """The chat server's behaviour, independent of how events arrive."""
+
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        store: Store,
+        signer: TokenSigner,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.sio = sio
+        self.store = store
+        self.signer = signer
+        self.settings = settings
+        self.metrics = metrics
+        self.presence = Presence(self._on_grace_expired)
+        self._chat_locks = KeyedLocks()
+        self._matcher = CoalescedRunner("matchmaker", self._match)
+        self._queue_notifier = CoalescedRunner(
+            "queue updates", self._send_queue_updates
+        )
+        self._sent_positions: dict[str, tuple[int, int]] = {}
+        self._agents_notice: asyncio.TimerHandle | None = None
+        self._agents_notice_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # Start and stop
+
+    async def start(self) -> None:
+        """Give everyone who had open chats before a restart a grace period."""
+        await self.store.reset_connections()
+        visitors, agents = await self.store.people_with_open_state()
+        for visitor_id in visitors:
+            self.presence.start_grace(
+                ("visitor", visitor_id), self.settings.visitor_grace_s
+            )
+        for agent_id in agents:
+            self.presence.start_grace(("agent", agent_id), self.settings.agent_grace_s)
+        logger.info(
+            "started: %d visitors and %d agents have a grace period to reconnect",
+            len(visitors),
+            len(agents),
+        )
+
+    async def stop(self) -> None:
+        self.presence.close()
+        if self._agents_notice is not None:
+            self._agents_notice.cancel()
+        await self._matcher.cancel()
+        await self._queue_notifier.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Connections
+
+    async def connect_visitor(self, sid: str, auth: schemas.VisitorAuth) -> Connection:
+        """Admit a visitor socket, creating the visitor when the auth has no token."""
+        if auth.token:
+            claims = self.signer.verify(auth.token, "visitor")
+            visitor = await self.store.get_visitor(claims.subject)
+            if visitor is None:
+                raise Unauthorized("visitor token names an unknown visitor")
+            if auth.name is not None or auth.email is not None:
+                visitor = await self.store.update_visitor(
+                    visitor.id, auth.name, auth.email
+                )
+        else:
+            visitor = await self.store.create_visitor(auth.name, auth.email)
+            logger.info("visitor %s created", visitor.id)
+        connection = Connection(sid, "visitor", visitor.id, visitor.name)
+        self.presence.add(connection)
+        await self.sio.enter_room(sid, person_room("visitor", visitor.id))
+        chat = await self.store.open_chat_of_visitor(visitor.id)
+        if chat is not None:
+            await self.sio.enter_room(sid, chat_room(chat.id))
+            if chat.status == "queued":
+                # Send the position again to the new socket.
+                self._sent_positions.pop(chat.id, None)
+                self._queue_notifier.request()
+        token = self.signer.issue("visitor", visitor.id)
+        session = {
+            "role": "visitor",
+            "visitor_id": visitor.id,
+            "name": visitor.name,
+            "token": token,
+            "chat": chat.to_wire() if chat else None,
+        }
+        self._spawn(self._send_after_connect(sid, [("session", session)]))
+        logger.info("connect sid=%s visitor=%s", sid, visitor.id)
+        return connection
+
+    async def connect_agent(self, sid: str, auth: schemas.AgentAuth) -> Connection:
+        """Admit an agent socket carrying a valid access token."""
+        claims = self.signer.verify(auth.token, "agent")
+        agent = await self.store.get_agent(claims.subject)
+        if agent is None:
+            raise Unauthorized("agent token names an unknown agent")
+        connection = Connection(sid, "agent", agent.id, agent.name)
+        first = self.presence.add(connection)
+        if first:
+            await self.store.set_agent_connected(agent.id, True)
+            if agent.status == "offline":
+                agent = await self.store.set_agent_status(agent.id, "away")
+        await self.sio.enter_room(sid, person_room("agent", agent.id))
+        await self.sio.enter_room(sid, AGENTS_ROOM)
+        chats = await self.store.active_chats_of_agent(agent.id)
+        for chat in chats:
+            await self.sio.enter_room(sid, chat_room(chat.id))
+        session = {
+            "role": "agent",
+            "agent_id": agent.id,
+            "name": agent.name,
+            "status": agent.status,
+            "max_chats": agent.max_chats,
+            "chats": [chat.to_wire() for chat in chats],
+        }
+        queue = await self.queue_summary()
+        self._spawn(
+            self._send_after_connect(
+                sid, [("session", session), ("queue_changed", queue)]
+            )
+        )
+        if first and agent.status == "ready":
+            # An agent who comes back can take waiting chats again.
+            self._matcher.request()
+            self._queue_notifier.request()
+        logger.info("connect sid=%s agent=%s status=%s", sid, agent.id, agent.status)
+        return connection
+
+    async def _send_after_connect(
+        self, sid: str, events: list[tuple[str, Any]]
+    ) -> None:
+        # python-socketio sends the CONNECT packet after the connect handler
+        # returns; events emitted before it would reach the client first.
+        for _ in range(100):
+            if self.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0)
+        else:
+            return
+        for event, data in events:
+            await self.sio.emit(event, data, to=sid)
+
+    async def disconnect(self, sid: str, reason: str) -> None:
+        """Forget a socket and start the person's grace period if it was the last."""
+        connection, last = self.presence.remove(sid)
+        if connection is None:
+            return
+        logger.info(
+            "disconnect sid=%s %s=%s reason=%s",
+            sid,
+            connection.role,
+            connection.person_id,
+            reason,
+        )
+        if not last:
+            return
+        if connection.role == "visitor":
+            self.presence.start_grace(connection.key, self.settings.visitor_grace_s)
+            return
+        self.presence.start_grace(connection.key, self.settings.agent_grace_s)
+        await self.store.set_agent_connected(connection.person_id, False)
+        self._queue_notifier.request()
+
+    # Visitor events
+
+    async def join_queue(
+        self, connection: Connection, payload: schemas.JoinQueue
+    ) -> dict[str, Any]:
+        require_role(connection, "visitor", "join_queue")
+        if payload.department is not None:
+            raise InvalidPayload(
+                f"department {payload.department!r} is unknown: this server has"
+                " one general queue, so leave department out"
+            )
+        first_message = None
+        if payload.message is not None:
+            first_message = (
+                payload.message,
+                payload.client_id or f"join:{connection.sid}",
+            )
+        chat, created = await self.store.open_chat(
+            connection.person_id,
+            department=None,
+            metadata=payload.metadata,
+            first_message=first_message,
+        )
+        for sid in self.presence.sockets(connection.key):
+            await self.sio.enter_room(sid, chat_room(chat.id))
+        if created:
+            logger.info("queued chat=%s visitor=%s", chat.id, connection.person_id)
+            self.metrics.chat_events.labels("queued").inc()
+            self._matcher.request()
+        self._sent_positions.pop(chat.id, None)
+        self._queue_notifier.request()
+        position = await self._position(chat)
+        agents_online = await self.store.count_available_agents()
+        self._sent_positions[chat.id] = (position, agents_online)
+        return reply(
+            chat=chat.to_wire(),
+            position=position,
+            estimated_wait_s=None,
+            agents_online=agents_online,
+        )
+
+    async def _position(self, chat: Chat) -> int:
+        if chat.status != "queued":
+            return 0
+        entries = await self.store.queue_entries()
+        for index, entry in enumerate(entries, start=1):
+            if entry.chat_id == chat.id:
+                return index
+        return 0
+
+    # Agent events
+
+    async def agent_ready(
+        self, connection: Connection, payload: schemas.AgentReady
+    ) -> dict[str, Any]:
+        require_role(connection, "agent", "agent_ready")
+        if payload.departments:
+            raise InvalidPayload(
+                f"department {payload.departments[0]!r} is unknown: this server has"
+                " one general queue, so leave departments out"
+            )
+        agent = await self.store.set_agent_status(
+            connection.person_id, "ready", payload.max_chats
+        )
+        chats = await self.store.active_chats_of_agent(agent.id)
+        logger.info("agent=%s ready max_chats=%d", agent.id, agent.max_chats)
+        self._matcher.request()
+        self._queue_notifier.request()
+        return reply(
+            status="ready",
+            max_chats=agent.max_chats,
+            chats=[chat.to_wire() for chat in chats],
+        )
+
+    async def agent_away(
+        self, connection: Connection, payload: schemas.AgentAway
+    ) -> dict[str, Any]:
+        require_role(connection, "agent", "agent_away")
+        await self.store.set_agent_status(connection.person_id, "away")
+        logger.info("agent=%s away", connection.person_id)
+        self._queue_notifier.request()
+        return reply(status="away")
+
+    # Events of both sides
+
+    async def send_message(
+        self, connection: Connection, payload: schemas.SendMessage
+    ) -> dict[str, Any]:
+        async with self._chat_locks.hold(payload.chat_id):
+            await self._authorized_chat(connection, payload.chat_id)
+            sender = Sender(connection.role, connection.person_id, connection.name)
+            message, created = await self.store.add_message(
+                payload.chat_id, sender, payload.text, payload.client_id
+            )
+            if created:
+                self.metrics.messages.labels(connection.role).inc()
+                await self.sio.emit(
+                    "message",
+                    message.to_wire(),
+                    room=chat_room(payload.chat_id),
+                    skip_sid=connection.sid,
+                )
+                logger.debug("message chat=%s seq=%d", message.chat_id, message.seq)
+        return reply(message=message.to_wire())
+
+    async def typing(
+        self, connection: Connection, payload: schemas.Typing
+    ) -> dict[str, Any]:
+        chat = await self._authorized_chat(connection, payload.chat_id)
+        if chat.status == "ended":
+            raise WrongState(f"chat {chat.id!r} has ended")
+        await self.sio.emit(
+            "typing",
+            {"chat_id": chat.id, "role": connection.role, "typing": payload.typing},
+            room=chat_room(chat.id),
+            skip_sid=connection.sid,
+        )
+        return reply()
+
+    async def read(
+        self, connection: Connection, payload: schemas.Read
+    ) -> dict[str, Any]:
+        chat = await self._authorized_chat(connection, payload.chat_id)
+        if payload.seq > chat.last_seq:
+            raise InvalidPayload(
+                f"seq {payload.seq} is beyond the last message of the chat"
+                f" ({chat.last_seq})"
+            )
+        mark = await self.store.set_read_mark(
+            chat.id, connection.role, connection.person_id, payload.seq
+        )
+        await self.sio.emit(
+            "read",
+            {"chat_id": chat.id, "role": connection.role, "seq": mark},
+            room=chat_room(chat.id),
+            skip_sid=connection.sid,
+        )
+        return reply(seq=mark)
+
+    async def history(
+        self, connection: Connection, payload: schemas.History
+    ) -> dict[str, Any]:
+        chat = await self._authorized_chat(connection, payload.chat_id)
+        messages, has_more = await self.store.list_messages(
+            chat.id, after_seq=payload.after_seq, limit=payload.limit
+        )
+        return reply(
+            messages=[message.to_wire() for message in messages], has_more=has_more
+        )
+
+    async def end_chat(
+        self, connection: Connection, payload: schemas.EndChat
+    ) -> dict[str, Any]:
+        async with self._chat_locks.hold(payload.chat_id):
+            chat = await self._authorized_chat(connection, payload.chat_id)
+            if chat.status == "ended":
+                raise WrongState(f"chat {chat.id!r} has already ended")
+            ended = await self._close_chat(chat, connection.role, payload.reason)
+        return reply(chat=ended.to_wire())
+
+    async def _close_chat(
+        self, chat: Chat, ended_by: SenderRole, reason: str | None
+    ) -> Chat:
+        # Caller holds the chat lock.
+        ended = await self.store.end_chat(chat.id, ended_by, reason)
+        room = chat_room(chat.id)
+        await self.sio.emit(
+            "chat_ended",
+            {"chat_id": chat.id, "ended_by": ended_by, "reason": reason},
+            room=room,
+        )
+        await self.sio.close_room(room)
+        logger.info(
+            "ended chat=%s by=%s reason=%s was=%s",
+            chat.id,
+            ended_by,
+            reason,
+            chat.status,
+        )
+        self.metrics.chat_events.labels("ended").inc()
+        self._sent_positions.pop(chat.id, None)
+        if chat.status == "active":
+            self._matcher.request()
+        else:
+            self._queue_notifier.request()
+        return ended
+
+    async def _authorized_chat(self, connection: Connection, chat_id: str) -> Chat:
+        chat = await self.store.get_chat(chat_id)
+        if chat is None:
+            raise NotFound(f"chat {chat_id!r} not found")
+        owner = chat.visitor_id if connection.role == "visitor" else chat.agent_id
+        if owner != connection.person_id:
+            raise Forbidden(f"chat {chat_id!r} is not yours")
+        return chat
+
+    # Matching
+
+    async def _match(self) -> None:
+        chats = await self.store.assign_waiting()
+        for chat in chats:
+            await self._announce_match(chat)
+        if chats:
+            self._queue_notifier.request()
+
+    async def _announce_match(self, chat: Chat) -> None:
+        assert chat.agent_id is not None
+        room = chat_room(chat.id)
+        async with self._chat_locks.hold(chat.id):
+            for sid in self.presence.sockets(("agent", chat.agent_id)):
+                await self.sio.enter_room(sid, room)
+            for sid in self.presence.sockets(("visitor", chat.visitor_id)):
+                await self.sio.enter_room(sid, room)
+            messages, _ = await self.store.list_messages(
+                chat.id, limit=STARTED_MESSAGES_LIMIT
+            )
+            payload = {
+                "chat": chat.to_wire(),
+                "messages": [message.to_wire() for message in messages],
+            }
+            await self.sio.emit("chat_started", payload, room=room)
+        self._sent_positions.pop(chat.id, None)
+        self.metrics.chat_events.labels("matched").inc()
+        logger.info(
+            "matched chat=%s visitor=%s agent=%s",
+            chat.id,
+            chat.visitor_id,
+            chat.agent_id,
+        )
+
+    async def wait_idle(self) -> None:
+        """Wait until pending matching and queue updates have run."""
+        await self._matcher.wait()
+        await self._queue_notifier.wait()
+
+    # Queue notifications
+
+    async def _send_queue_updates(self) -> None:
+        entries = await self.store.queue_entries()
+        agents_online = await self.store.count_available_agents()
+        queued = {entry.chat_id for entry in entries}
+        for chat_id in [key for key in self._sent_positions if key not in queued]:
+            del self._sent_positions[chat_id]
+        for position, entry in enumerate(entries, start=1):
+            state = (position, agents_online)
+            if self._sent_positions.get(entry.chat_id) == state:
+                continue
+            self._sent_positions[entry.chat_id] = state
+            await self.sio.emit(
+                "queue_update",
+                {
+                    "chat_id": entry.chat_id,
+                    "position": position,
+                    "estimated_wait_s": None,
+                    "agents_online": agents_online,
+                },
+                room=person_room("visitor", entry.visitor_id),
+            )
+        self._schedule_agents_notice()
+
+    def _schedule_agents_notice(self) -> None:
+        if self._agents_notice is not None:
+            return
+        delay = max(
+            0.0, self._agents_notice_at + QUEUE_CHANGED_INTERVAL_S - time.monotonic()
+        )
+        loop = asyncio.get_running_loop()
+        self._agents_notice = loop.call_later(
+            delay, lambda: self._spawn(self._send_queue_changed())
+        )
+
+    async def _send_queue_changed(self) -> None:
+        self._agents_notice = None
+        self._agents_notice_at = time.monotonic()
+        await self.sio.emit(
+            "queue_changed", await self.queue_summary(), room=AGENTS_ROOM
+        )
+
+    async def queue_summary(self) -> dict[str, Any]:
+        entries = await self.store.queue_entries()
+        oldest = None
+        if entries:
+            oldest_at = min(parse_time(entry.queued_at) for entry in entries)
+            oldest = round((datetime.now(UTC) - oldest_at).total_seconds(), 3)
+        return {"queued": len(entries), "oldest_wait_s": oldest}
+
+    # Grace expiry
+
+    async def _on_grace_expired(self, key: PersonKey) -> None:
+        role, person_id = key
+        logger.info("grace expired for %s=%s", role, person_id)
+        if role == "visitor":
+            await self._visitor_left(person_id)
+        else:
+            await self._agent_left(person_id)
+
+    async def _visitor_left(self, visitor_id: str) -> None:
+        chat = await self.store.open_chat_of_visitor(visitor_id)
+        if chat is None:
+            return
+        async with self._chat_locks.hold(chat.id):
+            if self.presence.is_online(("visitor", visitor_id)):
+                return
+            current = await self.store.get_chat(chat.id)
+            if current is None or current.status == "ended":
+                return
+            await self._close_chat(current, "system", "visitor_left")
+
+    async def _agent_left(self, agent_id: str) -> None:
+        if self.presence.is_online(("agent", agent_id)):
+            return
+        chats = await self.store.requeue_agent_chats(agent_id)
+        for chat in chats:
+            async with self._chat_locks.hold(chat.id):
+                room = chat_room(chat.id)
+                for sid in self.presence.sockets(("agent", agent_id)):
+                    await self.sio.leave_room(sid, room)
+                await self.sio.emit(
+                    "chat_requeued",
+                    {"chat_id": chat.id},
+                    room=person_room("visitor", chat.visitor_id),
+                )
+                self._sent_positions.pop(chat.id, None)
+            self.metrics.chat_events.labels("requeued").inc()
+            logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
+        self._queue_notifier.request()
+        self._matcher.request()
+
+
+def require_role(connection: Connection, role: str, event: str) -> None:
+    if connection.role != role:
+        raise Forbidden(f"{event} is for {role}s only")

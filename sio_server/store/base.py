@@ -1,0 +1,180 @@
+"""The storage interface that the chat service and the HTTP routes use.
+
+It holds everything that must survive a restart (visitors, agents, chats,
+messages, read marks) and everything the matchmaker decides on (queue order,
+agent status, connection and load, assignments). A backend for several server
+processes implements the same methods with its own transactions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..models import (
+    Agent,
+    AgentStatus,
+    Chat,
+    ChatStatus,
+    Message,
+    QueueEntry,
+    Sender,
+    SenderRole,
+    Visitor,
+)
+
+
+class Store(ABC):
+    """Durable state of the chat server."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise when the database cannot answer a trivial query."""
+
+    # Agents
+
+    @abstractmethod
+    async def create_agent(
+        self, email: str, name: str, password_hash: str, *, is_admin: bool = False
+    ) -> Agent:
+        """Insert an agent; raise `WrongState` when the email is taken."""
+
+    @abstractmethod
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abstractmethod
+    async def get_agent_by_email(self, email: str) -> Agent | None: ...
+
+    @abstractmethod
+    async def set_agent_status(
+        self, agent_id: str, status: AgentStatus, max_chats: int | None = None
+    ) -> Agent:
+        """Set status and, when given, capacity; raise `NotFound` for no such agent."""
+
+    @abstractmethod
+    async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
+        """Record whether the agent has at least one connected socket."""
+
+    @abstractmethod
+    async def reset_connections(self) -> None:
+        """Mark every agent disconnected, as after a start with no sockets yet."""
+
+    @abstractmethod
+    async def count_available_agents(self) -> int:
+        """Count agents who are ready and connected."""
+
+    # Visitors
+
+    @abstractmethod
+    async def create_visitor(self, name: str | None, email: str | None) -> Visitor: ...
+
+    @abstractmethod
+    async def get_visitor(self, visitor_id: str) -> Visitor | None: ...
+
+    @abstractmethod
+    async def update_visitor(
+        self, visitor_id: str, name: str | None, email: str | None
+    ) -> Visitor:
+        """Set the fields that are not `None`; the chats' visitor names follow."""
+
+    # Chats
+
+    @abstractmethod
+    async def open_chat(
+        self,
+        visitor_id: str,
+        *,
+        department: str | None,
+        metadata: dict[str, Any] | None,
+        first_message: tuple[str, str] | None,
+    ) -> tuple[Chat, bool]:
+        """Queue a new chat for the visitor, or return its open one.
+
+        `first_message` is `(text, client_id)`, stored as seq 1 of a new chat and
+        ignored for an existing one. The flag is true when a chat was created.
+        """
+
+    @abstractmethod
+    async def get_chat(self, chat_id: str) -> Chat | None: ...
+
+    @abstractmethod
+    async def open_chat_of_visitor(self, visitor_id: str) -> Chat | None:
+        """Return the visitor's queued or active chat, if any."""
+
+    @abstractmethod
+    async def active_chats_of_agent(self, agent_id: str) -> list[Chat]: ...
+
+    @abstractmethod
+    async def list_chats(
+        self,
+        *,
+        status: ChatStatus | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Chat]:
+        """List chats newest first; `before` is a `created_at` for paging."""
+
+    @abstractmethod
+    async def end_chat(
+        self, chat_id: str, ended_by: SenderRole, reason: str | None
+    ) -> Chat:
+        """End a queued or active chat; raise `WrongState` when it has ended."""
+
+    @abstractmethod
+    async def requeue_agent_chats(self, agent_id: str) -> list[Chat]:
+        """Set the agent offline and put its active chats at the front of the queue.
+
+        The chats keep their relative order: the one assigned first ends up first.
+        """
+
+    @abstractmethod
+    async def assign_waiting(self) -> list[Chat]:
+        """Assign queued chats to ready, connected agents in one transaction."""
+
+    @abstractmethod
+    async def queue_entries(self) -> list[QueueEntry]:
+        """Return the queued chats in queue order."""
+
+    @abstractmethod
+    async def people_with_open_state(self) -> tuple[list[str], list[str]]:
+        """Return visitor ids with open chats and agent ids not offline or busy.
+
+        A server starting up gives each of them a grace period to reconnect.
+        """
+
+    # Messages
+
+    @abstractmethod
+    async def add_message(
+        self, chat_id: str, sender: Sender, text: str, client_id: str
+    ) -> tuple[Message, bool]:
+        """Store a message with the chat's next seq and commit before returning.
+
+        A repeated `client_id` from the same sender returns the stored message
+        and `False`. Raise `WrongState` when the chat has ended.
+        """
+
+    @abstractmethod
+    async def list_messages(
+        self, chat_id: str, *, after_seq: int = 0, limit: int = 100
+    ) -> tuple[list[Message], bool]:
+        """Return messages after `after_seq`, oldest first, and whether more follow."""
+
+    @abstractmethod
+    async def set_read_mark(
+        self, chat_id: str, role: SenderRole, reader_id: str, seq: int
+    ) -> int:
+        """Raise the reader's mark to `seq` (never lower it) and return the mark."""
+
+    @abstractmethod
+    async def read_marks(self, chat_id: str) -> dict[str, int]:
+        """Return the highest mark per role for a chat."""

@@ -1,0 +1,614 @@
+"""SQLite backend: one writer connection, one reader connection, WAL journal.
+
+Writes are serialised by an asyncio lock around `BEGIN IMMEDIATE ... COMMIT`, so
+each store method that changes data is one transaction. Reads go through a
+second connection and, thanks to WAL, see only committed data and never wait for
+the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .. import matchmaker
+from ..errors import NotFound, WrongState
+from ..models import (
+    Agent,
+    AgentStatus,
+    Chat,
+    ChatStatus,
+    Message,
+    QueueEntry,
+    Sender,
+    SenderRole,
+    Visitor,
+    new_id,
+    utc_now,
+)
+from .base import Store
+
+logger = logging.getLogger("sio_server.store")
+
+_CHAT_COLUMNS = """
+    c.id, c.status, c.visitor_id, v.name AS visitor_name, c.agent_id,
+    a.name AS agent_name, c.department, c.created_at, c.queued_at, c.assigned_at,
+    c.ended_at, c.ended_by, c.end_reason, c.last_seq
+"""
+_CHAT_FROM = """
+    FROM chats c
+    JOIN visitors v ON v.id = c.visitor_id
+    LEFT JOIN agents a ON a.id = c.agent_id
+"""
+_MESSAGE_COLUMNS = (
+    "id, chat_id, seq, sender_role, sender_id, sender_name, text, client_id, created_at"
+)
+
+
+def _chat(row: sqlite3.Row) -> Chat:
+    return Chat(**dict(row))
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message(**dict(row))
+
+
+def _agent(row: sqlite3.Row) -> Agent:
+    values = dict(row)
+    values["is_admin"] = bool(values["is_admin"])
+    return Agent(**values)
+
+
+def _visitor_name(name: str | None, visitor_id: str) -> str:
+    return name or f"Visitor {visitor_id[:4].upper()}"
+
+
+def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """Return `(version, name, sql)` for each migration file of `dialect`, in order."""
+    folder = resources.files("sio_server.store") / "migrations" / dialect
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SQLiteStore(Store):
+    """Store backed by one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    # Connections and migrations
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._migrate()
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(self._path, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        # FULL syncs the WAL on every commit, so a message acknowledged to its
+        # sender survives a power cut as well as a crash of this process.
+        for pragma in (
+            "PRAGMA synchronous = FULL",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 5000",
+        ):
+            await connection.execute(pragma)
+        return connection
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL)"
+            )
+            rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
+            applied = {row[0] for row in rows}
+            for version, name, sql in load_migrations("sqlite"):
+                if version in applied:
+                    continue
+                # executescript would commit the open transaction, so run the
+                # statements one by one inside it.
+                for statement in _split_sql(sql):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (version, name, utc_now()),
+                )
+                logger.info("applied migration %s to %s", name, self._path)
+
+    async def close(self) -> None:
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                await connection.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        await self._read_one("SELECT 1")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        db = self._writer
+        async with self._write_lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await asyncio.shield(db.execute("ROLLBACK"))
+                raise
+            await asyncio.shield(db.execute("COMMIT"))
+
+    async def _read_all(
+        self, sql: str, params: Iterable[Any] = ()
+    ) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        rows = await self._reader.execute_fetchall(sql, tuple(params))
+        return list(rows)
+
+    async def _read_one(
+        self, sql: str, params: Iterable[Any] = ()
+    ) -> sqlite3.Row | None:
+        rows = await self._read_all(sql, params)
+        return rows[0] if rows else None
+
+    # Agents
+
+    async def create_agent(
+        self, email: str, name: str, password_hash: str, *, is_admin: bool = False
+    ) -> Agent:
+        agent_id = new_id()
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    "INSERT INTO agents (id, email, name, password_hash, is_admin,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (agent_id, email, name, password_hash, int(is_admin), utc_now()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise WrongState(f"an agent with email {email!r} exists") from exc
+            row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        assert row is not None
+        return _agent(row)
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        row = await self._read_one(_AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        return _agent(row) if row else None
+
+    async def get_agent_by_email(self, email: str) -> Agent | None:
+        row = await self._read_one(_AGENT_SELECT + " WHERE email = ?", (email,))
+        return _agent(row) if row else None
+
+    async def set_agent_status(
+        self, agent_id: str, status: AgentStatus, max_chats: int | None = None
+    ) -> Agent:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE agents SET status = ?, max_chats = COALESCE(?, max_chats)"
+                " WHERE id = ?",
+                (status, max_chats, agent_id),
+            )
+            row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} not found")
+        return _agent(row)
+
+    async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE agents SET connected = ? WHERE id = ?",
+                (int(connected), agent_id),
+            )
+
+    async def reset_connections(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE agents SET connected = 0 WHERE connected != 0")
+
+    async def count_available_agents(self) -> int:
+        row = await self._read_one(
+            "SELECT COUNT(*) FROM agents WHERE status = 'ready' AND connected = 1"
+        )
+        return int(row[0]) if row else 0
+
+    # Visitors
+
+    async def create_visitor(self, name: str | None, email: str | None) -> Visitor:
+        visitor_id = new_id()
+        visitor = Visitor(
+            id=visitor_id,
+            name=_visitor_name(name, visitor_id),
+            email=email,
+            created_at=utc_now(),
+        )
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO visitors (id, name, email, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (visitor.id, visitor.name, visitor.email, visitor.created_at),
+            )
+        return visitor
+
+    async def get_visitor(self, visitor_id: str) -> Visitor | None:
+        row = await self._read_one(
+            "SELECT id, name, email, created_at FROM visitors WHERE id = ?",
+            (visitor_id,),
+        )
+        return Visitor(**dict(row)) if row else None
+
+    async def update_visitor(
+        self, visitor_id: str, name: str | None, email: str | None
+    ) -> Visitor:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE visitors SET name = COALESCE(?, name),"
+                " email = COALESCE(?, email) WHERE id = ?",
+                (name, email, visitor_id),
+            )
+            row = await _fetch_one(
+                db,
+                "SELECT id, name, email, created_at FROM visitors WHERE id = ?",
+                (visitor_id,),
+            )
+        if row is None:
+            raise NotFound(f"visitor {visitor_id!r} not found")
+        return Visitor(**dict(row))
+
+    # Chats
+
+    async def open_chat(
+        self,
+        visitor_id: str,
+        *,
+        department: str | None,
+        metadata: dict[str, Any] | None,
+        first_message: tuple[str, str] | None,
+    ) -> tuple[Chat, bool]:
+        async with self._transaction() as db:
+            existing = await _fetch_one(
+                db,
+                f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+                " WHERE c.visitor_id = ? AND c.status IN ('queued', 'active')",
+                (visitor_id,),
+            )
+            if existing is not None:
+                return _chat(existing), False
+            chat_id, now = new_id(), utc_now()
+            await db.execute(
+                "INSERT INTO chats (id, visitor_id, status, department, metadata,"
+                " queue_rank, created_at, queued_at)"
+                " VALUES (?, ?, 'queued', ?, ?,"
+                " (SELECT COALESCE(MAX(queue_rank), 0) + 1 FROM chats"
+                "  WHERE status = 'queued'), ?, ?)",
+                (
+                    chat_id,
+                    visitor_id,
+                    department,
+                    json.dumps(metadata) if metadata is not None else None,
+                    now,
+                    now,
+                ),
+            )
+            if first_message is not None:
+                text, client_id = first_message
+                visitor = await _fetch_one(
+                    db, "SELECT name FROM visitors WHERE id = ?", (visitor_id,)
+                )
+                assert visitor is not None
+                sender = Sender(role="visitor", id=visitor_id, name=visitor["name"])
+                await _insert_message(db, chat_id, 1, sender, text, client_id)
+            row = await _fetch_one(
+                db, f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+            )
+        assert row is not None
+        return _chat(row), True
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        row = await self._read_one(
+            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+        )
+        return _chat(row) if row else None
+
+    async def open_chat_of_visitor(self, visitor_id: str) -> Chat | None:
+        row = await self._read_one(
+            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+            " WHERE c.visitor_id = ? AND c.status IN ('queued', 'active')",
+            (visitor_id,),
+        )
+        return _chat(row) if row else None
+
+    async def active_chats_of_agent(self, agent_id: str) -> list[Chat]:
+        rows = await self._read_all(
+            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+            " WHERE c.agent_id = ? AND c.status = 'active' ORDER BY c.assigned_at",
+            (agent_id,),
+        )
+        return [_chat(row) for row in rows]
+
+    async def list_chats(
+        self,
+        *,
+        status: ChatStatus | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Chat]:
+        conditions, params = [], []
+        for column, value in (
+            ("c.status = ?", status),
+            ("c.agent_id = ?", agent_id),
+            ("c.created_at < ?", before),
+        ):
+            if value is not None:
+                conditions.append(column)
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._read_all(
+            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} {where}"
+            " ORDER BY c.created_at DESC, c.id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_chat(row) for row in rows]
+
+    async def end_chat(
+        self, chat_id: str, ended_by: SenderRole, reason: str | None
+    ) -> Chat:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE chats SET status = 'ended', queue_rank = NULL, ended_at = ?,"
+                " ended_by = ?, end_reason = ? WHERE id = ? AND status != 'ended'",
+                (utc_now(), ended_by, reason, chat_id),
+            )
+            row = await _fetch_one(
+                db, f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+            )
+            if row is None:
+                raise NotFound(f"chat {chat_id!r} not found")
+            if cursor.rowcount == 0:
+                raise WrongState(f"chat {chat_id!r} has already ended")
+        return _chat(row)
+
+    async def requeue_agent_chats(self, agent_id: str) -> list[Chat]:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE agents SET status = 'offline', connected = 0 WHERE id = ?",
+                (agent_id,),
+            )
+            rows = await db.execute_fetchall(
+                "SELECT id FROM chats WHERE agent_id = ? AND status = 'active'"
+                " ORDER BY assigned_at, id",
+                (agent_id,),
+            )
+            chat_ids = [row[0] for row in rows]
+            if not chat_ids:
+                return []
+            front = await _fetch_one(
+                db,
+                "SELECT COALESCE(MIN(queue_rank), 1) FROM chats"
+                " WHERE status = 'queued'",
+            )
+            assert front is not None
+            first_rank, now = int(front[0]) - len(chat_ids), utc_now()
+            for offset, chat_id in enumerate(chat_ids):
+                await db.execute(
+                    "UPDATE chats SET status = 'queued', agent_id = NULL,"
+                    " assigned_at = NULL, queue_rank = ?, queued_at = ? WHERE id = ?",
+                    (first_rank + offset, now, chat_id),
+                )
+            chats = await _fetch_chats(db, chat_ids)
+        return chats
+
+    async def assign_waiting(self) -> list[Chat]:
+        async with self._transaction() as db:
+            agent_rows = await db.execute_fetchall(
+                "SELECT a.id, a.max_chats, a.last_assigned_at,"
+                " (SELECT COUNT(*) FROM chats c WHERE c.agent_id = a.id"
+                "  AND c.status = 'active') AS load"
+                " FROM agents a WHERE a.status = 'ready' AND a.connected = 1"
+            )
+            slots = [
+                matchmaker.AgentSlot(
+                    agent_id=row["id"],
+                    load=row["load"],
+                    max_chats=row["max_chats"],
+                    last_assigned_at=row["last_assigned_at"],
+                )
+                for row in agent_rows
+            ]
+            free = sum(max(slot.max_chats - slot.load, 0) for slot in slots)
+            if free == 0:
+                return []
+            # NOTE: without departments every agent serves every chat, so the
+            # oldest `free` chats are all the planner can use.
+            queue_rows = await db.execute_fetchall(
+                "SELECT id, department FROM chats WHERE status = 'queued'"
+                " ORDER BY queue_rank LIMIT ?",
+                (free,),
+            )
+            queue = [
+                matchmaker.WaitingChat(chat_id=row["id"], department=row["department"])
+                for row in queue_rows
+            ]
+            plan = matchmaker.plan_assignments(queue, slots)
+            now = utc_now()
+            for assignment in plan:
+                await db.execute(
+                    "UPDATE chats SET status = 'active', agent_id = ?, assigned_at = ?,"
+                    " queue_rank = NULL WHERE id = ? AND status = 'queued'",
+                    (assignment.agent_id, now, assignment.chat_id),
+                )
+                await db.execute(
+                    "UPDATE agents SET last_assigned_at = ? WHERE id = ?",
+                    (now, assignment.agent_id),
+                )
+            chats = await _fetch_chats(db, [item.chat_id for item in plan])
+        return chats
+
+    async def queue_entries(self) -> list[QueueEntry]:
+        rows = await self._read_all(
+            "SELECT id, visitor_id, queued_at FROM chats WHERE status = 'queued'"
+            " ORDER BY queue_rank"
+        )
+        return [QueueEntry(chat_id=r[0], visitor_id=r[1], queued_at=r[2]) for r in rows]
+
+    async def people_with_open_state(self) -> tuple[list[str], list[str]]:
+        visitors = await self._read_all(
+            "SELECT DISTINCT visitor_id FROM chats WHERE status IN ('queued', 'active')"
+        )
+        agents = await self._read_all(
+            "SELECT id FROM agents WHERE status != 'offline' UNION"
+            " SELECT agent_id FROM chats WHERE status = 'active'"
+        )
+        return [row[0] for row in visitors], [row[0] for row in agents]
+
+    # Messages
+
+    async def add_message(
+        self, chat_id: str, sender: Sender, text: str, client_id: str
+    ) -> tuple[Message, bool]:
+        async with self._transaction() as db:
+            existing = await _fetch_one(
+                db,
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
+                (chat_id, sender.id, client_id),
+            )
+            if existing is not None:
+                return _message(existing), False
+            chat = await _fetch_one(
+                db, "SELECT status, last_seq FROM chats WHERE id = ?", (chat_id,)
+            )
+            if chat is None:
+                raise NotFound(f"chat {chat_id!r} not found")
+            if chat["status"] == "ended":
+                raise WrongState(f"chat {chat_id!r} has ended: start a new chat")
+            message = await _insert_message(
+                db, chat_id, chat["last_seq"] + 1, sender, text, client_id
+            )
+        return message, True
+
+    async def list_messages(
+        self, chat_id: str, *, after_seq: int = 0, limit: int = 100
+    ) -> tuple[list[Message], bool]:
+        rows = await self._read_all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (chat_id, after_seq, limit + 1),
+        )
+        return [_message(row) for row in rows[:limit]], len(rows) > limit
+
+    async def set_read_mark(
+        self, chat_id: str, role: SenderRole, reader_id: str, seq: int
+    ) -> int:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO read_marks (chat_id, reader_role, reader_id, seq,"
+                " updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (chat_id, reader_role, reader_id) DO UPDATE"
+                " SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
+                (chat_id, role, reader_id, seq, utc_now()),
+            )
+            row = await _fetch_one(
+                db,
+                "SELECT seq FROM read_marks WHERE chat_id = ? AND reader_role = ?"
+                " AND reader_id = ?",
+                (chat_id, role, reader_id),
+            )
+        assert row is not None
+        return int(row[0])
+
+    async def read_marks(self, chat_id: str) -> dict[str, int]:
+        rows = await self._read_all(
+            "SELECT reader_role, MAX(seq) FROM read_marks WHERE chat_id = ?"
+            " GROUP BY reader_role",
+            (chat_id,),
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+
+_AGENT_SELECT = (
+    "SELECT id, email, name, password_hash, is_admin, status, max_chats, created_at"
+    " FROM agents"
+)
+
+
+async def _fetch_one(
+    db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
+) -> sqlite3.Row | None:
+    async with db.execute(sql, tuple(params)) as cursor:
+        row = await cursor.fetchone()
+    return row
+
+
+async def _fetch_chats(db: aiosqlite.Connection, chat_ids: list[str]) -> list[Chat]:
+    if not chat_ids:
+        return []
+    marks = ", ".join("?" for _ in chat_ids)
+    rows = await db.execute_fetchall(
+        f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id IN ({marks})", chat_ids
+    )
+    by_id = {row["id"]: _chat(row) for row in rows}
+    return [by_id[chat_id] for chat_id in chat_ids]
+
+
+async def _insert_message(
+    db: aiosqlite.Connection,
+    chat_id: str,
+    seq: int,
+    sender: Sender,
+    text: str,
+    client_id: str,
+) -> Message:
+    message = Message(
+        id=new_id(),
+        chat_id=chat_id,
+        seq=seq,
+        sender_role=sender.role,
+        sender_id=sender.id,
+        sender_name=sender.name,
+        text=text,
+        client_id=client_id,
+        created_at=utc_now(),
+    )
+    await db.execute(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.chat_id,
+            message.seq,
+            message.sender_role,
+            message.sender_id,
+            message.sender_name,
+            message.text,
+            message.client_id,
+            message.created_at,
+        ),
+    )
+    await db.execute("UPDATE chats SET last_seq = ? WHERE id = ?", (seq, chat_id))
+    return message
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements; migrations use no `;` inside literals."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
