@@ -1,0 +1,47 @@
+"""Fixtures that run the real server in a subprocess and drive it with real clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Clients, ServerProcess
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with extra `CHAT_*` settings; all stop after the test.
+
+    At teardown each server's log must be free of tracebacks, because a handler
+    that raises is a bug even when the client got an `internal_error` reply.
+    """
+    servers: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        data_dir = tmp_path / f"server{len(servers)}"
+        data_dir.mkdir()
+        server = ServerProcess(data_dir, env)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+    for server in servers:
+        log = server.log()
+        assert "Traceback" not in log, log[-5000:]
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory()
+
+
+@pytest.fixture
+async def clients(server: ServerProcess) -> AsyncIterator[Clients]:
+    group = Clients(server)
+    yield group
+    await group.close()

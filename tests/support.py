@@ -1,0 +1,243 @@
+"""Helpers for the functional tests: a server subprocess and recording clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import socketio
+
+from sio_server.auth import hash_password
+from sio_server.store import create_store
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+# Short enough for tests to wait out, long enough for a client to reconnect.
+TEST_GRACE_S = "30"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m sio_server serve` on a free loopback port with its own data dir."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "server.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CHAT_")},
+            "CHAT_HOST": "127.0.0.1",
+            "CHAT_PORT": str(self.port),
+            "CHAT_DATA_DIR": str(data_dir),
+            "CHAT_VISITOR_GRACE_S": TEST_GRACE_S,
+            "CHAT_AGENT_GRACE_S": TEST_GRACE_S,
+            "CHAT_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sio_server", "serve"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not listen within 15 s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """Stop the process with SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'chat.sqlite3'}"
+
+    async def create_agent(
+        self, email: str, name: str | None = None, *, is_admin: bool = False
+    ) -> str:
+        store = create_store(self.env.get("CHAT_DATABASE_URL") or self.database_url)
+        await store.open()
+        try:
+            agent = await store.create_agent(
+                email,
+                name or email.split("@")[0].title(),
+                hash_password(PASSWORD),
+                is_admin=is_admin,
+            )
+        finally:
+            await store.close()
+        return agent.id
+
+    async def login(self, email: str, password: str = PASSWORD) -> str:
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(
+                f"{self.url}/api/auth/login",
+                json={"email": email, "password": password},
+            )
+            body = await response.json()
+        assert response.status == 200, body
+        return str(body["token"])
+
+
+class ChatClient:
+    """A python-socketio AsyncClient that records every event it receives."""
+
+    def __init__(self, url: str, auth: dict[str, Any], **options: Any) -> None:
+        self.url = url
+        self.auth = auth
+        self.sio = socketio.AsyncClient(**options)
+        self.received: list[tuple[str, Any]] = []
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self.connect_errors: list[Any] = []
+        self.sio.on("*", self._record)
+        self.sio.on("connect_error", self._connect_error)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        data = args[0] if args else None
+        self.received.append((event, data))
+        self._queue(event).put_nowait(data)
+
+    async def _connect_error(self, data: Any) -> None:
+        self.connect_errors.append(data)
+
+    def _queue(self, event: str) -> asyncio.Queue[Any]:
+        return self._queues.setdefault(event, asyncio.Queue())
+
+    async def connect(self, transports: list[str] | None = None) -> dict[str, Any]:
+        """Connect and return the `session` event's payload."""
+        await self.sio.connect(
+            self.url, auth=self.auth, transports=transports, wait_timeout=10
+        )
+        session = await self.next("session")
+        if session.get("token"):
+            self.auth = {**self.auth, "token": session["token"]}
+        return dict(session)
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def next(self, event: str, timeout: float = 10) -> Any:
+        """Return the next unread payload of `event`, waiting for it to arrive."""
+        return await asyncio.wait_for(self._queue(event).get(), timeout)
+
+    async def no_more(self, event: str, within: float = 0.5) -> None:
+        """Assert that no further `event` arrives within `within` seconds."""
+        await asyncio.sleep(within)
+        queue = self._queue(event)
+        assert queue.empty(), f"unexpected {event}: {queue.get_nowait()!r}"
+
+    def drain(self, event: str) -> list[Any]:
+        queue = self._queue(event)
+        items = []
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        return items
+
+    @property
+    def sid(self) -> str | None:
+        return self.sio.get_sid()
+
+    async def disconnect(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+class Clients:
+    """Creates connected visitors and agents against one server; closes them all."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self._all: list[ChatClient] = []
+        self._agents: set[str] = set()
+
+    def client(self, auth: dict[str, Any], **options: Any) -> ChatClient:
+        client = ChatClient(self.server.url, auth, **options)
+        self._all.append(client)
+        return client
+
+    async def visitor(
+        self, token: str | None = None, transports: list[str] | None = None, **auth: Any
+    ) -> ChatClient:
+        client = self.client({"role": "visitor", "token": token, **auth})
+        await client.connect(transports)
+        return client
+
+    async def agent(
+        self,
+        email: str = "alice@example.com",
+        *,
+        ready: bool = False,
+        max_chats: int = 1,
+        **options: Any,
+    ) -> ChatClient:
+        """Create the agent when needed, sign in, connect, and optionally go ready."""
+        if email not in self._agents:
+            await self.server.create_agent(email)
+            self._agents.add(email)
+        token = await self.server.login(email)
+        client = self.client({"role": "agent", "token": token}, **options)
+        await client.connect()
+        await client.next("queue_changed")
+        if ready:
+            response = await client.call("agent_ready", {"max_chats": max_chats})
+            assert response["ok"], response
+        return client
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.disconnect() for client in self._all))
+
+
+async def matched_pair(
+    clients: Clients, *, first_message: str | None = None
+) -> tuple[ChatClient, ChatClient, str]:
+    """Return an agent and a visitor in an active chat, and the chat id."""
+    agent = await clients.agent(ready=True)
+    visitor = await clients.visitor(name="Vera")
+    payload: dict[str, Any] = {}
+    if first_message is not None:
+        payload["message"] = first_message
+    joined = await visitor.call("join_queue", payload)
+    assert joined["ok"], joined
+    started = await visitor.next("chat_started")
+    await agent.next("chat_started")
+    return agent, visitor, str(started["chat"]["id"])
