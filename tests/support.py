@@ -145,8 +145,9 @@ class ChatClient:
 
     async def connect(self, transports: list[str] | None = None) -> dict[str, Any]:
         """Connect and return the `session` event's payload."""
+        # A callable makes the client's own reconnects send the latest token.
         await self.sio.connect(
-            self.url, auth=self.auth, transports=transports, wait_timeout=10
+            self.url, auth=lambda: self.auth, transports=transports, wait_timeout=10
         )
         session = await self.next("session")
         if session.get("token"):

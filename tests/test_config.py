@@ -1,0 +1,123 @@
+"""Settings from `CHAT_*` variables, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sio_server.config import Settings, ensure_secret_key, load_settings
+from sio_server.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.port == 8080
+    assert settings.data_dir == Path("data")
+    assert settings.visitor_grace_s == 120
+    assert settings.agent_grace_s == 60
+    assert settings.effective_database_url == "sqlite:///data/chat.sqlite3"
+
+
+def test_values_parsed() -> None:
+    settings = load_settings(
+        {
+            "CHAT_PORT": "9000",
+            "CHAT_CORS_ORIGINS": "https://shop.example, http://localhost:3000",
+            "CHAT_VISITOR_GRACE_S": "2.5",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.cors_origins == ("https://shop.example", "http://localhost:3000")
+    assert settings.visitor_grace_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHAT_PORT", "eighty"),
+        ("CHAT_PORT", "70000"),
+        ("CHAT_VISITOR_GRACE_S", "-1"),
+        ("CHAT_AGENT_GRACE_S", "nan"),
+        ("CHAT_PING_INTERVAL_S", "0"),
+        ("CHAT_CORS_ORIGINS", "shop.example"),
+        ("CHAT_LOG_LEVEL", "LOUD"),
+        ("CHAT_DATABASE_URL", "mysql://x"),
+        ("CHAT_MAX_PAYLOAD_BYTES", "1000"),
+    ],
+)
+def test_bad_value_names_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
+
+
+def test_unknown_variable_rejected() -> None:
+    with pytest.raises(ConfigError, match="CHAT_PROT"):
+        load_settings({"CHAT_PROT": "9000"})
+
+
+def test_secret_key_generated_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    first = ensure_secret_key(settings).secret_key
+    second = ensure_secret_key(settings).secret_key
+    assert len(first) >= 32
+    assert first == second
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_short_secret_key_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CHAT_SECRET_KEY"):
+        ensure_secret_key(Settings(data_dir=tmp_path, secret_key="short"))
+
+
+def run_cli(tmp_path: Path, *args: str, stdin: str = "", **env: str):
+    return subprocess.run(
+        [sys.executable, "-m", "sio_server", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("CHAT_")},
+            "CHAT_DATA_DIR": str(tmp_path),
+            **env,
+        },
+    )
+
+
+def test_create_agent_command(tmp_path: Path) -> None:
+    args = ("create-agent", "--email", "ann@example.com", "--name", "Ann")
+    created = run_cli(tmp_path, *args, "--password-stdin", stdin="long enough pw\n")
+    assert created.returncode == 0, created.stderr
+    assert len(created.stdout.strip()) == 36
+
+    again = run_cli(tmp_path, *args, "--password-stdin", stdin="long enough pw\n")
+    assert again.returncode == 2
+    assert "ann@example.com" in again.stderr
+
+
+def test_create_agent_short_password(tmp_path: Path) -> None:
+    result = run_cli(
+        tmp_path,
+        "create-agent",
+        "--email",
+        "ann@example.com",
+        "--name",
+        "Ann",
+        "--password-stdin",
+        stdin="short\n",
+    )
+    assert result.returncode == 2
+    assert "at least 8 characters" in result.stderr
+
+
+def test_serve_bad_setting_exits(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", CHAT_PORT="not-a-port")
+    assert result.returncode == 2
+    assert "CHAT_PORT" in result.stderr

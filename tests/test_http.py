@@ -1,0 +1,152 @@
+"""REST routes: login, chat list, transcripts, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
+
+
+async def request(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    **options: Any,
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, headers=headers, **options) as response,
+    ):
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def test_login_returns_token(server: ServerProcess) -> None:
+    await server.create_agent("ann@example.com", "Ann")
+    status, body = await request(
+        server,
+        "POST",
+        "/api/auth/login",
+        json={"email": "ann@example.com", "password": PASSWORD},
+    )
+    assert status == 200
+    assert body["token"]
+    assert body["agent"]["name"] == "Ann"
+    assert "password_hash" not in body["agent"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (
+            {"email": "ann@example.com", "password": "wrong password"},
+            401,
+            "unauthorized",
+        ),
+        ({"email": "nobody@example.com", "password": PASSWORD}, 401, "unauthorized"),
+        ({"email": "ann@example.com"}, 400, "invalid_payload"),
+        ({"email": 5, "password": PASSWORD}, 400, "invalid_payload"),
+        (["ann@example.com", PASSWORD], 400, "invalid_payload"),
+    ],
+)
+async def test_login_rejected(
+    server: ServerProcess, body: Any, status: int, code: str
+) -> None:
+    await server.create_agent("ann@example.com")
+    got_status, got = await request(server, "POST", "/api/auth/login", json=body)
+    assert got_status == status
+    assert got["error"]["code"] == code
+
+
+async def test_login_body_not_json(server: ServerProcess) -> None:
+    status, body = await request(server, "POST", "/api/auth/login", data=b"{oops")
+    assert status == 400
+    assert body["error"]["code"] == "invalid_payload"
+
+
+async def test_chat_list_filters(server: ServerProcess, clients: Clients) -> None:
+    agent, visitor, active_id = await matched_pair(clients)
+    waiting = await clients.visitor()
+    queued_id = (await waiting.call("join_queue", {}))["chat"]["id"]
+    token = agent.auth["token"]
+
+    status, body = await request(server, "GET", "/api/chats", token=token)
+    assert status == 200
+    assert {chat["id"] for chat in body["chats"]} == {active_id, queued_id}
+
+    _, body = await request(server, "GET", "/api/chats?status=queued", token=token)
+    assert [chat["id"] for chat in body["chats"]] == [queued_id]
+    _, body = await request(server, "GET", "/api/chats?limit=1", token=token)
+    assert len(body["chats"]) == 1
+
+
+@pytest.mark.parametrize("query", ["status=open", "limit=0", "limit=501", "limit=ten"])
+async def test_chat_list_bad_query(
+    server: ServerProcess, clients: Clients, query: str
+) -> None:
+    agent = await clients.agent()
+    status, body = await request(
+        server, "GET", f"/api/chats?{query}", token=agent.auth["token"]
+    )
+    assert status == 400
+    assert body["error"]["code"] == "invalid_payload"
+
+
+async def test_chat_list_needs_agent(server: ServerProcess, clients: Clients) -> None:
+    visitor = await clients.visitor()
+    for token in (None, "garbage", visitor.auth["token"]):
+        status, body = await request(server, "GET", "/api/chats", token=token)
+        assert status == 401
+        assert body["error"]["code"] == "unauthorized"
+
+
+async def test_transcript_access(server: ServerProcess, clients: Clients) -> None:
+    agent, visitor, chat_id = await matched_pair(clients, first_message="hello")
+    stranger = await clients.visitor()
+    path = f"/api/chats/{chat_id}/messages"
+
+    for token in (agent.auth["token"], visitor.auth["token"]):
+        status, body = await request(server, "GET", path, token=token)
+        assert status == 200
+        assert [m["text"] for m in body["messages"]] == ["hello"]
+        assert body["chat"]["id"] == chat_id
+
+    status, body = await request(server, "GET", path, token=stranger.auth["token"])
+    assert status == 403
+    assert body["error"]["code"] == "forbidden"
+    status, body = await request(server, "GET", path)
+    assert status == 401
+    status, body = await request(
+        server, "GET", "/api/chats/nope/messages", token=agent.auth["token"]
+    )
+    assert status == 404
+    assert body["error"]["code"] == "not_found"
+
+
+async def test_healthz(server: ServerProcess) -> None:
+    status, body = await request(server, "GET", "/healthz")
+    assert status == 200
+    assert body == {"status": "ok", "store": "ok"}
+
+
+async def test_metrics(server: ServerProcess, clients: Clients) -> None:
+    agent, visitor, chat_id = await matched_pair(clients)
+    await visitor.call("message", {"chat_id": chat_id, "text": "x", "client_id": "1"})
+    status, text = await request(server, "GET", "/metrics")
+    assert status == 200
+    assert 'chat_messages_total{role="visitor"} 1.0' in text
+    assert 'chat_connected_people{role="agent"} 1.0' in text
+    assert 'chat_lifecycle_total{transition="matched"} 1.0' in text
+
+
+async def test_unknown_route_json_404(server: ServerProcess) -> None:
+    status, body = await request(server, "GET", "/api/nothing")
+    assert status == 404
+    assert body["error"]["code"] == "not_found"

@@ -1,0 +1,106 @@
+"""A server killed with SIGKILL and restarted on the same data dir loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.support import ChatClient, Clients, ServerProcess, matched_pair
+
+
+async def send_until_failure(
+    client: ChatClient, chat_id: str, prefix: str, acked: list[dict[str, Any]]
+) -> None:
+    for n in range(2000):
+        try:
+            reply = await client.call(
+                "message",
+                {
+                    "chat_id": chat_id,
+                    "text": f"{prefix}{n}",
+                    "client_id": f"{prefix}{n}",
+                },
+                timeout=2,
+            )
+        except Exception:
+            return
+        assert reply["ok"] is True, reply
+        acked.append(reply["message"])
+
+
+async def test_sigkill_keeps_acked_messages(
+    server: ServerProcess, clients: Clients
+) -> None:
+    agent, visitor, chat_id = await matched_pair(clients)
+    acked: list[dict[str, Any]] = []
+    senders = [
+        asyncio.create_task(send_until_failure(visitor, chat_id, "v", acked)),
+        asyncio.create_task(send_until_failure(agent, chat_id, "a", acked)),
+    ]
+    await asyncio.sleep(1.0)
+    server.kill()
+    await asyncio.wait_for(asyncio.gather(*senders), 20)
+    assert len(acked) > 20
+
+    server.start()
+    # Both clients reconnect by themselves and get a fresh session.
+    visitor_session = await visitor.next("session", timeout=20)
+    agent_session = await agent.next("session", timeout=20)
+    assert visitor_session["chat"]["id"] == chat_id
+    assert visitor_session["chat"]["status"] == "active"
+    assert agent_session["status"] == "ready"
+    assert [chat["id"] for chat in agent_session["chats"]] == [chat_id]
+
+    history = await agent.call("history", {"chat_id": chat_id, "limit": 500})
+    stored = list(history["messages"])
+    while history["has_more"]:
+        history = await agent.call(
+            "history",
+            {"chat_id": chat_id, "after_seq": stored[-1]["seq"], "limit": 500},
+        )
+        stored.extend(history["messages"])
+    stored_ids = {message["id"] for message in stored}
+    assert all(message["id"] in stored_ids for message in acked)
+    assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+    assert visitor_session["chat"]["last_seq"] == len(stored)
+
+    # The chat goes on where it stopped.
+    visitor.drain("message")
+    agent.drain("message")
+    reply = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "after restart", "client_id": "after"}
+    )
+    assert reply["message"]["seq"] == len(stored) + 1
+    assert (await agent.next("message"))["text"] == "after restart"
+
+
+async def test_restart_keeps_queue_order(
+    server: ServerProcess, clients: Clients
+) -> None:
+    visitors = [await clients.visitor() for _ in range(3)]
+    chat_ids = [(await v.call("join_queue", {}))["chat"]["id"] for v in visitors]
+    server.kill()
+    server.start()
+    for visitor in visitors:
+        await visitor.next("session", timeout=20)
+
+    agent = await clients.agent(ready=True, max_chats=1)
+    served = []
+    for _ in chat_ids:
+        started = await agent.next("chat_started")
+        served.append(started["chat"]["id"])
+        await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
+    assert served == chat_ids
+
+
+async def test_restart_keeps_agent_token(
+    server: ServerProcess, clients: Clients
+) -> None:
+    agent = await clients.agent()
+    token = agent.auth["token"]
+    await agent.disconnect()
+    server.stop()
+    server.start()
+    again = clients.client({"role": "agent", "token": token})
+    session = await again.connect()
+    assert session["role"] == "agent"
