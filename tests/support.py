@@ -49,6 +49,8 @@ class ServerProcess:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        # Set by tests that break the server on purpose.
+        self.expect_tracebacks = False
 
     def start(self) -> None:
         log = self.log_path.open("ab")

@@ -196,7 +196,7 @@ async def test_other_persons_chat_forbidden(
 
 
 async def test_identity_ignores_payload_fields(clients: Clients) -> None:
-    agent, visitor, chat_id = await matched_pair(clients)
+    _agent, visitor, chat_id = await matched_pair(clients)
     reply = await visitor.call(
         "message",
         {
@@ -286,7 +286,7 @@ async def test_oversize_frame_drops_only_sender(
     agent, visitor, chat_id = await matched_pair(clients)
     attacker = await clients.visitor()
     attacker_chat = (await attacker.call("join_queue", {}))["chat"]["id"]
-    with pytest.raises(Exception):
+    with pytest.raises(socketio.exceptions.TimeoutError):
         await attacker.call(
             "message",
             {"chat_id": attacker_chat, "text": "x" * 2_000_000, "client_id": "big"},
@@ -297,3 +297,26 @@ async def test_oversize_frame_drops_only_sender(
     )
     assert reply["ok"] is True
     assert (await agent.next("message"))["text"] == "fine"
+
+
+async def test_handler_fault_replies_internal_error(
+    server: ServerProcess, clients: Clients
+) -> None:
+    """A handler that raises answers internal_error and the server keeps serving."""
+    agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
+    server.expect_tracebacks = True
+    damage = sqlite3.connect(server.data_dir / "chat.sqlite3")
+    damage.execute("DROP TABLE read_marks")
+    damage.commit()
+    damage.close()
+
+    reply = await agent.call("read", {"chat_id": chat_id, "seq": 1})
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "internal_error"
+    assert "Traceback" in server.log()
+
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "still up", "client_id": "u"}
+    )
+    assert sent["ok"] is True
+    assert (await agent.next("message"))["text"] == "still up"

@@ -72,7 +72,7 @@ async def test_login_body_not_json(server: ServerProcess) -> None:
 
 
 async def test_chat_list_filters(server: ServerProcess, clients: Clients) -> None:
-    agent, visitor, active_id = await matched_pair(clients)
+    agent, _visitor, active_id = await matched_pair(clients)
     waiting = await clients.visitor()
     queued_id = (await waiting.call("join_queue", {}))["chat"]["id"]
     token = agent.auth["token"]
@@ -137,7 +137,7 @@ async def test_healthz(server: ServerProcess) -> None:
 
 
 async def test_metrics(server: ServerProcess, clients: Clients) -> None:
-    agent, visitor, chat_id = await matched_pair(clients)
+    _agent, visitor, chat_id = await matched_pair(clients)
     await visitor.call("message", {"chat_id": chat_id, "text": "x", "client_id": "1"})
     status, text = await request(server, "GET", "/metrics")
     assert status == 200
