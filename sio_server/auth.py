@@ -85,5 +85,5 @@ class TokenSigner:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("token is invalid: sign in again") from exc
         if claims.get("role") != role or not isinstance(claims.get("sub"), str):
-            raise Unauthorized(f"token is not a {role} token")
+            raise Unauthorized(f"token is not valid for role {role!r}: sign in again")
         return TokenClaims(role=role, subject=claims["sub"])

@@ -55,6 +55,7 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
     async def unknown_event(event: Any, sid: str, *args: Any) -> dict[str, Any]:
         name = str(event)[:64]
         logger.warning("sid=%s sent unknown event %r", sid, name)
+        service.metrics.errors.labels("invalid_payload").inc()
         return error_reply(InvalidPayload(f"unknown event {name!r}"))
 
     sio.on("connect", connect)

@@ -22,7 +22,7 @@ from .auth import TokenSigner
 from .config import Settings
 from .errors import Forbidden, InvalidPayload, NotFound, Unauthorized, WrongState
 from .metrics import Metrics
-from .models import Chat, Sender, SenderRole, parse_time
+from .models import Chat, Message, Sender, SenderRole, parse_time
 from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
 from .store import Store
 
@@ -32,8 +32,8 @@ AGENTS_ROOM = "agents"
 # `queue_changed` goes to agents at most this often; the contract asks for at
 # most a few times a second.
 QUEUE_CHANGED_INTERVAL_S = 0.25
-# `chat_started` carries the transcript so far, up to this many messages;
-# clients page further back with `history`.
+# `chat_started` carries the first messages of the chat, at most this many;
+# when `has_more` is true, clients fetch the rest with `history`.
 STARTED_MESSAGES_LIMIT = 500
 
 
@@ -231,12 +231,12 @@ class ChatService:
                 f"department {payload.department!r} is unknown: this server has"
                 " one general queue, so leave department out"
             )
+        # The first message is idempotent per chat like any other: a join
+        # retried without a client_id stores its text once.
+        client_id = payload.client_id or "join"
         first_message = None
         if payload.message is not None:
-            first_message = (
-                payload.message,
-                payload.client_id or f"join:{connection.sid}",
-            )
+            first_message = (payload.message, client_id)
         chat, created = await self.store.open_chat(
             connection.person_id,
             department=None,
@@ -245,10 +245,20 @@ class ChatService:
         )
         for sid in self.presence.sockets(connection.key):
             await self.sio.enter_room(sid, chat_room(chat.id))
+        message = None
         if created:
             logger.info("queued chat=%s visitor=%s", chat.id, connection.person_id)
             self.metrics.chat_events.labels("queued").inc()
+            if payload.message is not None:
+                self.metrics.messages.labels("visitor").inc()
+                stored, _ = await self.store.list_messages(chat.id, limit=1)
+                message = stored[0]
             self._matcher.request()
+        elif payload.message is not None:
+            # An open chat exists: the text goes into it instead of being lost.
+            message = await self._post_message(
+                connection, chat.id, payload.message, client_id
+            )
         self._sent_positions.pop(chat.id, None)
         self._queue_notifier.request()
         position = await self._position(chat)
@@ -259,6 +269,7 @@ class ChatService:
             position=position,
             estimated_wait_s=None,
             agents_online=agents_online,
+            message=message.to_wire() if message else None,
         )
 
     async def _position(self, chat: Chat) -> int:
@@ -308,22 +319,30 @@ class ChatService:
     async def send_message(
         self, connection: Connection, payload: schemas.SendMessage
     ) -> dict[str, Any]:
-        async with self._chat_locks.hold(payload.chat_id):
-            await self._authorized_chat(connection, payload.chat_id)
+        message = await self._post_message(
+            connection, payload.chat_id, payload.text, payload.client_id
+        )
+        return reply(message=message.to_wire())
+
+    async def _post_message(
+        self, connection: Connection, chat_id: str, text: str, client_id: str
+    ) -> Message:
+        async with self._chat_locks.hold(chat_id):
+            await self._authorized_chat(connection, chat_id)
             sender = Sender(connection.role, connection.person_id, connection.name)
             message, created = await self.store.add_message(
-                payload.chat_id, sender, payload.text, payload.client_id
+                chat_id, sender, text, client_id
             )
             if created:
                 self.metrics.messages.labels(connection.role).inc()
                 await self.sio.emit(
                     "message",
                     message.to_wire(),
-                    room=chat_room(payload.chat_id),
+                    room=chat_room(chat_id),
                     skip_sid=connection.sid,
                 )
                 logger.debug("message chat=%s seq=%d", message.chat_id, message.seq)
-        return reply(message=message.to_wire())
+        return message
 
     async def typing(
         self, connection: Connection, payload: schemas.Typing
@@ -425,35 +444,34 @@ class ChatService:
         if chats:
             self._queue_notifier.request()
 
-    async def _announce_match(self, chat: Chat) -> None:
-        assert chat.agent_id is not None
-        room = chat_room(chat.id)
-        async with self._chat_locks.hold(chat.id):
-            for sid in self.presence.sockets(("agent", chat.agent_id)):
+    async def _announce_match(self, assigned: Chat) -> None:
+        agent_id = assigned.agent_id
+        assert agent_id is not None
+        room = chat_room(assigned.id)
+        async with self._chat_locks.hold(assigned.id):
+            # The visitor may have ended the chat between the assignment and
+            # this lock; the agent then never hears of it.
+            chat = await self.store.get_chat(assigned.id)
+            if chat is None or chat.status != "active" or chat.agent_id != agent_id:
+                return
+            for sid in self.presence.sockets(("agent", agent_id)):
                 await self.sio.enter_room(sid, room)
             for sid in self.presence.sockets(("visitor", chat.visitor_id)):
                 await self.sio.enter_room(sid, room)
-            messages, _ = await self.store.list_messages(
+            messages, has_more = await self.store.list_messages(
                 chat.id, limit=STARTED_MESSAGES_LIMIT
             )
             payload = {
                 "chat": chat.to_wire(),
                 "messages": [message.to_wire() for message in messages],
+                "has_more": has_more,
             }
             await self.sio.emit("chat_started", payload, room=room)
         self._sent_positions.pop(chat.id, None)
         self.metrics.chat_events.labels("matched").inc()
         logger.info(
-            "matched chat=%s visitor=%s agent=%s",
-            chat.id,
-            chat.visitor_id,
-            chat.agent_id,
+            "matched chat=%s visitor=%s agent=%s", chat.id, chat.visitor_id, agent_id
         )
-
-    async def wait_idle(self) -> None:
-        """Wait until pending matching and queue updates have run."""
-        await self._matcher.wait()
-        await self._queue_notifier.wait()
 
     # Queue notifications
 

@@ -109,10 +109,21 @@ async def test_ended_chat_frees_agent_slot(clients: Clients) -> None:
 async def test_join_twice_returns_same_chat(clients: Clients) -> None:
     visitor = await clients.visitor()
     first = await visitor.call("join_queue", {"message": "one"})
-    second = await visitor.call("join_queue", {"message": "two"})
-    assert second["chat"]["id"] == first["chat"]["id"]
+    retry = await visitor.call("join_queue", {"message": "one"})
+    assert retry["chat"]["id"] == first["chat"]["id"]
+    assert retry["message"] == first["message"]
     history = await visitor.call("history", {"chat_id": first["chat"]["id"]})
     assert [m["text"] for m in history["messages"]] == ["one"]
+
+
+async def test_join_again_stores_new_message(clients: Clients) -> None:
+    visitor = await clients.visitor()
+    first = await visitor.call("join_queue", {"message": "one", "client_id": "c1"})
+    again = await visitor.call("join_queue", {"message": "two", "client_id": "c2"})
+    assert again["chat"]["id"] == first["chat"]["id"]
+    assert again["message"]["seq"] == 2
+    history = await visitor.call("history", {"chat_id": first["chat"]["id"]})
+    assert [m["text"] for m in history["messages"]] == ["one", "two"]
 
 
 async def test_visitor_sends_while_queued(clients: Clients) -> None:
