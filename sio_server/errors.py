@@ -59,7 +59,7 @@ class PayloadTooLarge(ChatError):
 
 
 class Unauthorized(ChatError):
-    """A token is missing, malformed, expired or names nobody."""
+    """A token is missing, malformed, expired, or refers to no existing account."""
 
     code = "unauthorized"
     http_status = 401

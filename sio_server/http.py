@@ -158,7 +158,7 @@ async def chat_messages(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Report liveness and whether the store answers."""
+    """Report liveness and whether a trivial store query succeeds."""
     try:
         await request.app[SERVICE_KEY].store.ping()
     except Exception as exc:

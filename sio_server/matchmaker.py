@@ -21,7 +21,7 @@ class WaitingChat:
 
 @dataclass(frozen=True, slots=True)
 class AgentSlot:
-    """An agent who is ready and connected, with the chats it holds now."""
+    """An agent who is ready and connected, with its count of open chats."""
 
     agent_id: str
     load: int

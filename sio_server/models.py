@@ -130,7 +130,7 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Sender:
-    """Who writes a message: the identity from the handshake, never the payload."""
+    """The author of a message: the identity from the handshake, never the payload."""
 
     role: SenderRole
     id: str

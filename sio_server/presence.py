@@ -1,4 +1,4 @@
-"""Who is connected: sockets per person, grace timers, and per-chat locks.
+"""Connection state: sockets per person, grace timers, and per-chat locks.
 
 All of it is in-process state. A person is online while at least one socket of
 theirs is connected; grace timers start when the last one goes.
@@ -109,7 +109,7 @@ class Presence:
 
 
 class KeyedLocks:
-    """One FIFO asyncio lock per key, dropped when nobody holds or awaits it."""
+    """One FIFO asyncio lock per key, removed once no task uses or awaits it."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}

@@ -29,8 +29,8 @@ from .store import Store
 logger = logging.getLogger("sio_server.chats")
 
 AGENTS_ROOM = "agents"
-# `queue_changed` goes to agents at most this often; the contract asks for at
-# most a few times a second.
+# `queue_changed` goes to agents at most this often, because the protocol
+# allows it at most a few times a second.
 QUEUE_CHANGED_INTERVAL_S = 0.25
 # `chat_started` carries the first messages of the chat, at most this many;
 # when `has_more` is true, clients fetch the rest with `history`.
@@ -125,9 +125,11 @@ class ChatService:
         else:
             visitor = await self.store.create_visitor(auth.name, auth.email)
             logger.info("visitor %s created", visitor.id)
+
         connection = Connection(sid, "visitor", visitor.id, visitor.name)
         self.presence.add(connection)
         await self.sio.enter_room(sid, person_room("visitor", visitor.id))
+
         chat = await self.store.open_chat_of_visitor(visitor.id)
         if chat is not None:
             await self.sio.enter_room(sid, chat_room(chat.id))
@@ -135,6 +137,7 @@ class ChatService:
                 # Send the position again to the new socket.
                 self._sent_positions.pop(chat.id, None)
                 self._queue_notifier.request()
+
         token = self.signer.issue("visitor", visitor.id)
         session = {
             "role": "visitor",
@@ -153,17 +156,20 @@ class ChatService:
         agent = await self.store.get_agent(claims.subject)
         if agent is None:
             raise Unauthorized("agent token names an unknown agent")
+
         connection = Connection(sid, "agent", agent.id, agent.name)
         first = self.presence.add(connection)
         if first:
             await self.store.set_agent_connected(agent.id, True)
             if agent.status == "offline":
                 agent = await self.store.set_agent_status(agent.id, "away")
+
         await self.sio.enter_room(sid, person_room("agent", agent.id))
         await self.sio.enter_room(sid, AGENTS_ROOM)
         chats = await self.store.active_chats_of_agent(agent.id)
         for chat in chats:
             await self.sio.enter_room(sid, chat_room(chat.id))
+
         session = {
             "role": "agent",
             "agent_id": agent.id,
@@ -231,6 +237,7 @@ class ChatService:
                 f"department {payload.department!r} is unknown: this server has"
                 " one general queue, so leave department out"
             )
+
         # The first message is idempotent per chat like any other: a join
         # retried without a client_id stores its text once.
         client_id = payload.client_id or "join"
@@ -243,8 +250,10 @@ class ChatService:
             metadata=payload.metadata,
             first_message=first_message,
         )
+
         for sid in self.presence.sockets(connection.key):
             await self.sio.enter_room(sid, chat_room(chat.id))
+
         message = None
         if created:
             logger.info("queued chat=%s visitor=%s", chat.id, connection.person_id)
@@ -259,6 +268,7 @@ class ChatService:
             message = await self._post_message(
                 connection, chat.id, payload.message, client_id
             )
+
         self._sent_positions.pop(chat.id, None)
         self._queue_notifier.request()
         position = await self._position(chat)
@@ -402,7 +412,7 @@ class ChatService:
     async def _close_chat(
         self, chat: Chat, ended_by: SenderRole, reason: str | None
     ) -> Chat:
-        # Caller holds the chat lock.
+        # The caller has the chat lock.
         ended = await self.store.end_chat(chat.id, ended_by, reason)
         room = chat_room(chat.id)
         await self.sio.emit(
@@ -450,7 +460,7 @@ class ChatService:
         room = chat_room(assigned.id)
         async with self._chat_locks.hold(assigned.id):
             # The visitor may have ended the chat between the assignment and
-            # this lock; the agent then never hears of it.
+            # this lock. The agent is then not told about it at all.
             chat = await self.store.get_chat(assigned.id)
             if chat is None or chat.status != "active" or chat.agent_id != agent_id:
                 return

@@ -1,6 +1,6 @@
 """The storage interface that the chat service and the HTTP routes use.
 
-It holds everything that must survive a restart (visitors, agents, chats,
+It contains everything that must survive a restart (visitors, agents, chats,
 messages, read marks) and everything the matchmaker decides on (queue order,
 agent status, connection and load, assignments). A backend for several server
 processes implements the same methods with its own transactions.
@@ -37,7 +37,7 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> None:
-        """Raise when the database cannot answer a trivial query."""
+        """Raise when a trivial query on the database fails."""
 
     # Agents
 

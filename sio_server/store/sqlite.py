@@ -2,7 +2,7 @@
 
 Writes are serialised by an asyncio lock around `BEGIN IMMEDIATE ... COMMIT`, so
 each store method that changes data is one transaction. Reads go through a
-second connection and, thanks to WAL, see only committed data and never wait for
+second connection and, thanks to WAL, see only committed data and do not block on
 the writer.
 """
 
