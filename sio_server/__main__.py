@@ -39,8 +39,15 @@ def serve(settings: Settings) -> None:
     access_log = (
         logging.getLogger("aiohttp.access") if settings.log_level == "DEBUG" else None
     )
+    # Requests still open after the connections were closed get this many
+    # seconds before the process exits anyway.
     web.run_app(
-        app, host=settings.host, port=settings.port, print=None, access_log=access_log
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=access_log,
+        shutdown_timeout=5,
     )
 
 

@@ -74,5 +74,20 @@ def create_app(settings: Settings) -> web.Application:
         await service.stop()
         await store.close()
 
+    async def close_connections(app: web.Application) -> None:
+        # Drop every connection as a network failure would, without an
+        # Engine.IO CLOSE packet: python-socketio clients do not reconnect
+        # after a CLOSE, while every stock client reconnects after a drop.
+        sockets = list(sio.eio.sockets.values())
+        logger.info("shutting down: dropping %d connections", len(sockets))
+        for socket in sockets:
+            await socket.close(wait=False, abort=True)
+            # NOTE: `queue` is python-engineio's outgoing packet queue. None
+            # ends a pending long-poll or WebSocket writer at once, instead of
+            # after the shutdown timeout.
+            socket.queue.put_nowait(None)
+        await sio.shutdown()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_connections)
     return app

@@ -145,6 +145,7 @@ class ChatService:
             "name": visitor.name,
             "token": token,
             "chat": chat.to_wire() if chat else None,
+            "agents_online": await self.store.count_available_agents(),
         }
         self._spawn(self._send_after_connect(sid, [("session", session)]))
         logger.info("connect sid=%s visitor=%s", sid, visitor.id)

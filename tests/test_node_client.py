@@ -16,7 +16,7 @@ from tests.support import ROOT, ServerProcess
 
 NODE_SCRIPT = ROOT / "tests" / "node" / "chat_flow.mjs"
 SOCKET_IO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "package.json"
-# The script stops itself after 30 s; this covers Node's start-up on a slow machine.
+# The script stops itself after 30 s, and the margin covers a slow Node start-up.
 SCRIPT_TIMEOUT_S = 60
 
 

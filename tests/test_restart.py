@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from tests.support import ChatClient, Clients, ServerProcess, matched_pair
@@ -104,3 +105,25 @@ async def test_restart_keeps_agent_token(
     again = clients.client({"role": "agent", "token": token})
     session = await again.connect()
     assert session["role"] == "agent"
+
+
+async def test_graceful_stop_clients_return(
+    server: ServerProcess, clients: Clients
+) -> None:
+    agent, visitor, chat_id = await matched_pair(clients)
+    polling = await clients.visitor(token=visitor.auth["token"], transports=["polling"])
+    started = time.monotonic()
+    # In a thread, so that the clients in this event loop see the close.
+    await asyncio.to_thread(server.stop)
+    assert time.monotonic() - started < 8
+    assert "Traceback" not in server.log()
+
+    server.start()
+    for client in (agent, visitor, polling):
+        session = await client.next("session", timeout=20)
+        assert session["role"] in ("agent", "visitor")
+    reply = await polling.call(
+        "message", {"chat_id": chat_id, "text": "back", "client_id": "b"}
+    )
+    assert reply["message"]["seq"] == 1
+    assert (await agent.next("message"))["text"] == "back"
