@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+# The browser tests drive Debian's Chromium; Playwright's own browser
+# download is not used.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format screenshots clean
 
 run: $(VENV)/.runtime node_modules/.installed
 	$(PY) -m sio_server serve
 
-test: $(VENV)/.dev node_modules/.installed
+test: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev
@@ -39,6 +42,17 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "Chromium is missing: run 'sudo apt-get install chromium', then make test" >&2; \
+		exit 1; \
+	fi
+
+screenshots: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
+	$(PY) -m tests.screenshots docs/images
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from .config import Settings, ensure_secret_key
 from .events import register_events
 from .http import METRICS_KEY, SERVICE_KEY, add_routes, error_middleware
 from .metrics import Metrics
+from .pages import add_page_routes
 from .service import ChatService
 from .store import create_store
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.attach(app)
     register_events(sio, service)
     add_routes(app)
+    add_page_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()

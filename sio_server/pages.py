@@ -1,0 +1,84 @@
+"""Static pages: the demo shop at `/`, the widget script, and the agent dashboard."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+logger = logging.getLogger("sio_server.pages")
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB_DIR = ROOT / "web"
+SOCKET_IO_CLIENT = (
+    ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+)
+
+# Pages of our own origin may run only our own scripts. The widget's styles
+# live in a <style> element inside its shadow root, hence 'unsafe-inline' for
+# styles only.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+
+def _file(path: Path, *, page: bool = False, cache_s: int = 300) -> web.FileResponse:
+    if not path.is_file():
+        raise web.HTTPNotFound(reason=f"{path.name} is missing: run `make run`")
+    headers = {
+        "Cache-Control": f"public, max-age={cache_s}",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if page:
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        headers["Cache-Control"] = "no-cache"
+    return web.FileResponse(path, headers=headers)
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """Serve a demo shop page that embeds the widget with one script tag."""
+    return _file(WEB_DIR / "demo" / "index.html", page=True)
+
+
+async def widget_script(request: web.Request) -> web.FileResponse:
+    """Serve the embeddable widget; any site may load it with a script tag."""
+    return _file(WEB_DIR / "widget" / "widget.js", cache_s=60)
+
+
+async def socket_io_client(request: web.Request) -> web.FileResponse:
+    """Serve socket.io-client from node_modules, so no page depends on a CDN."""
+    return _file(SOCKET_IO_CLIENT, cache_s=3600)
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """Serve the agent dashboard."""
+    return _file(WEB_DIR / "agent" / "index.html", page=True)
+
+
+async def dashboard_asset(request: web.Request) -> web.FileResponse:
+    """Serve the dashboard's script and style sheet."""
+    name = request.match_info["name"]
+    if name not in {"agent.js", "agent.css"}:
+        raise web.HTTPNotFound(reason=f"no dashboard file named {name!r}")
+    return _file(WEB_DIR / "agent" / name, cache_s=60)
+
+
+async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect("/agent/")
+
+
+def add_page_routes(app: web.Application) -> None:
+    if not SOCKET_IO_CLIENT.is_file():
+        logger.warning(
+            "%s is missing, so the widget and dashboard cannot connect: run `npm ci`",
+            SOCKET_IO_CLIENT,
+        )
+    app.router.add_get("/", demo_page)
+    app.router.add_get("/widget.js", widget_script)
+    app.router.add_get("/vendor/socket.io.min.js", socket_io_client)
+    app.router.add_get("/agent", dashboard_redirect)
+    app.router.add_get("/agent/", dashboard)
+    app.router.add_get("/agent/{name}", dashboard_asset)
