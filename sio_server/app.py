@@ -16,6 +16,7 @@ from .http import METRICS_KEY, SERVICE_KEY, add_routes, error_middleware
 from .metrics import Metrics
 from .pages import add_page_routes
 from .service import ChatService
+from .socket_server import ChatSocketServer
 from .store import create_store
 
 logger = logging.getLogger("sio_server.app")
@@ -37,7 +38,7 @@ def _origin_checker(allowed: tuple[str, ...]) -> Any:
 
 
 def create_sio(settings: Settings) -> socketio.AsyncServer:
-    return socketio.AsyncServer(
+    return ChatSocketServer(
         async_mode="aiohttp",
         cors_allowed_origins=_origin_checker(settings.cors_origins),
         ping_interval=settings.ping_interval_s,
@@ -73,6 +74,9 @@ def create_app(settings: Settings) -> web.Application:
         await store.open()
         await service.start()
         yield
+        # Handlers still running when the connections dropped finish before
+        # the store closes.
+        await service.drain(timeout_s=5)
         await service.stop()
         await store.close()
 
@@ -80,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
         # Drop every connection as a network failure would, without an
         # Engine.IO CLOSE packet: python-socketio clients do not reconnect
         # after a CLOSE, while every stock client reconnects after a drop.
+        service.closing = True
         sockets = list(sio.eio.sockets.values())
         logger.info("shutting down: dropping %d connections", len(sockets))
         for socket in sockets:

@@ -58,6 +58,13 @@ class PayloadTooLarge(ChatError):
     http_status = 413
 
 
+class ServerClosing(ChatError):
+    """The server is shutting down; the client retries after reconnecting."""
+
+    code = "internal_error"
+    http_status = 503
+
+
 class Unauthorized(ChatError):
     """A token is missing, malformed, expired, or refers to no existing account."""
 

@@ -38,15 +38,19 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
     for name, (model, handler) in events.items():
         sio.on(name, _make_handler(service, name, model, handler))
 
-    async def connect(sid: str, environ: Any, auth: Any = None) -> None:
+    async def connect(sid: str, environ: Any, auth: Any = None) -> bool:
         await _connect(service, sid, auth)
+        # The client may have closed the connection while the handler awaited
+        # the store. python-socketio then never calls the disconnect handler,
+        # so the socket is forgotten here instead.
+        eio_socket = sio.eio.sockets.get(sio.manager.eio_sid_from_sid(sid, "/"))
+        if eio_socket is None or eio_socket.closed or eio_socket.closing:
+            logger.info("sid=%s closed while connecting", sid)
+            await service.disconnect(sid, "closed during connect")
+            return False
+        return True
 
     async def disconnect(sid: str, reason: str = "unknown") -> None:
-        # A client can send an event named "disconnect"; python-socketio would
-        # route it here while the socket stays connected.
-        if sio.manager.is_connected(sid, "/"):
-            logger.warning("sid=%s sent a 'disconnect' event; ignored", sid)
-            return
         try:
             await service.disconnect(sid, str(reason))
         except Exception:
@@ -64,10 +68,6 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
 
 
 async def _connect(service: ChatService, sid: str, auth: Any) -> None:
-    if service.presence.get(sid) is not None:
-        # Only a client sending an event named "connect" gets here twice.
-        logger.warning("sid=%s sent a 'connect' event; ignored", sid)
-        return
     try:
         if not isinstance(auth, dict):
             raise InvalidAuth(
@@ -116,7 +116,8 @@ def _make_handler(
             if connection is None:
                 raise Forbidden("this socket has no identity: reconnect")
             payload = schemas.parse_payload(model, args)
-            return await handler(connection, payload)
+            with service.in_flight():
+                return await handler(connection, payload)
         except ChatError as exc:
             logger.warning("sid=%s event=%s rejected: %s", sid, event, exc.code)
             service.metrics.errors.labels(exc.code).inc()

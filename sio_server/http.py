@@ -93,9 +93,9 @@ async def login(request: web.Request) -> web.Response:
     """Exchange an agent's email and password for an access token."""
     service = request.app[SERVICE_KEY]
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidPayload("request body must be JSON") from exc
+        body = json.loads((await request.read()).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayload("request body must be a JSON object in UTF-8") from exc
     credentials = schemas.parse_object(schemas.Login, body)
     agent = await service.store.get_agent_by_email(credentials.email)
     password_hash = agent.password_hash if agent else None

@@ -47,7 +47,13 @@ def _email(value: str) -> str:
 
 
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "invalid_metadata", "metadata must not contain NaN or Infinity"
+        ) from exc
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise PydanticCustomError(
             "payload_too_large", f"metadata exceeds {MAX_METADATA_BYTES} bytes as JSON"
         )

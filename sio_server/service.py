@@ -10,8 +10,11 @@ that order.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +23,14 @@ import socketio
 from . import schemas
 from .auth import TokenSigner
 from .config import Settings
-from .errors import Forbidden, InvalidPayload, NotFound, Unauthorized, WrongState
+from .errors import (
+    Forbidden,
+    InvalidPayload,
+    NotFound,
+    ServerClosing,
+    Unauthorized,
+    WrongState,
+)
 from .metrics import Metrics
 from .models import Chat, Message, Sender, SenderRole, parse_time
 from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
@@ -68,6 +78,12 @@ class ChatService:
         self.metrics = metrics
         self.presence = Presence(self._on_grace_expired)
         self._chat_locks = KeyedLocks()
+        # Serialises a person's connects with the end of their grace period.
+        self._person_locks = KeyedLocks()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closing = False
         self._matcher = CoalescedRunner("matchmaker", self._match)
         self._queue_notifier = CoalescedRunner(
             "queue updates", self._send_queue_updates
@@ -94,6 +110,32 @@ class ChatService:
             len(visitors),
             len(agents),
         )
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count an event handler as running; reject it once shutdown began."""
+        if self.closing:
+            raise ServerClosing("the server is restarting: retry after reconnecting")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Reject new events and wait for running handlers, at most `timeout_s`."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            logger.warning(
+                "shutdown: %d event handlers still running after %.1f s",
+                self._in_flight,
+                timeout_s,
+            )
 
     async def stop(self) -> None:
         self.presence.close()
@@ -130,13 +172,16 @@ class ChatService:
         self.presence.add(connection)
         await self.sio.enter_room(sid, person_room("visitor", visitor.id))
 
-        chat = await self.store.open_chat_of_visitor(visitor.id)
-        if chat is not None:
-            await self.sio.enter_room(sid, chat_room(chat.id))
-            if chat.status == "queued":
-                # Send the position again to the new socket.
-                self._sent_positions.pop(chat.id, None)
-                self._queue_notifier.request()
+        # A grace expiry that is ending the chat right now finishes first, so
+        # the session never shows a chat that has just ended.
+        async with self._person_locks.hold(f"visitor:{visitor.id}"):
+            chat = await self.store.open_chat_of_visitor(visitor.id)
+            if chat is not None:
+                await self.sio.enter_room(sid, chat_room(chat.id))
+        if chat is not None and chat.status == "queued":
+            # Send the position again to the new socket.
+            self._sent_positions.pop(chat.id, None)
+            self._queue_notifier.request()
 
         token = self.signer.issue("visitor", visitor.id)
         session = {
@@ -160,16 +205,23 @@ class ChatService:
 
         connection = Connection(sid, "agent", agent.id, agent.name)
         first = self.presence.add(connection)
-        if first:
-            await self.store.set_agent_connected(agent.id, True)
-            if agent.status == "offline":
-                agent = await self.store.set_agent_status(agent.id, "away")
-
         await self.sio.enter_room(sid, person_room("agent", agent.id))
         await self.sio.enter_room(sid, AGENTS_ROOM)
-        chats = await self.store.active_chats_of_agent(agent.id)
-        for chat in chats:
-            await self.sio.enter_room(sid, chat_room(chat.id))
+
+        # A grace expiry that is requeueing this agent's chats finishes first;
+        # the agent then comes back away, with no chats.
+        async with self._person_locks.hold(f"agent:{agent.id}"):
+            if first:
+                await self.store.set_agent_connected(agent.id, True)
+            current = await self.store.get_agent(agent.id)
+            if current is None:
+                raise Unauthorized("agent token names an unknown agent")
+            agent = current
+            if agent.status == "offline":
+                agent = await self.store.set_agent_status(agent.id, "away")
+            chats = await self.store.active_chats_of_agent(agent.id)
+            for chat in chats:
+                await self.sio.enter_room(sid, chat_room(chat.id))
 
         session = {
             "role": "agent",
@@ -239,11 +291,14 @@ class ChatService:
                 " one general queue, so leave department out"
             )
 
-        # The first message is idempotent per chat like any other: a join
-        # retried without a client_id stores its text once.
-        client_id = payload.client_id or "join"
+        # Without a client_id, the text itself identifies the message, so a
+        # retried join stores it once and a join with new text adds it.
+        client_id = payload.client_id
+        if client_id is None and payload.message is not None:
+            digest = hashlib.sha256(payload.message.encode()).hexdigest()[:32]
+            client_id = f"join:{digest}"
         first_message = None
-        if payload.message is not None:
+        if payload.message is not None and client_id is not None:
             first_message = (payload.message, client_id)
         chat, created = await self.store.open_chat(
             connection.person_id,
@@ -264,7 +319,7 @@ class ChatService:
                 stored, _ = await self.store.list_messages(chat.id, limit=1)
                 message = stored[0]
             self._matcher.request()
-        elif payload.message is not None:
+        elif payload.message is not None and client_id is not None:
             # An open chat exists: the text goes into it instead of being lost.
             message = await self._post_message(
                 connection, chat.id, payload.message, client_id
@@ -378,6 +433,12 @@ class ChatService:
                 f"seq {payload.seq} is beyond the last message of the chat"
                 f" ({chat.last_seq})"
             )
+        current = await self.store.get_read_mark(
+            chat.id, connection.role, connection.person_id
+        )
+        if payload.seq <= current:
+            # Marks only rise, so a repeated or older mark costs no write.
+            return reply(seq=current)
         mark = await self.store.set_read_mark(
             chat.id, connection.role, connection.person_id, payload.seq
         )
@@ -431,10 +492,10 @@ class ChatService:
         )
         self.metrics.chat_events.labels("ended").inc()
         self._sent_positions.pop(chat.id, None)
-        if chat.status == "active":
-            self._matcher.request()
-        else:
-            self._queue_notifier.request()
+        # The chat may have been assigned since the caller read it, so every
+        # end can free a slot.
+        self._matcher.request()
+        self._queue_notifier.request()
         return ended
 
     async def _authorized_chat(self, connection: Connection, chat_id: str) -> Chat:
@@ -546,21 +607,23 @@ class ChatService:
             await self._agent_left(person_id)
 
     async def _visitor_left(self, visitor_id: str) -> None:
-        chat = await self.store.open_chat_of_visitor(visitor_id)
-        if chat is None:
-            return
-        async with self._chat_locks.hold(chat.id):
+        async with self._person_locks.hold(f"visitor:{visitor_id}"):
             if self.presence.is_online(("visitor", visitor_id)):
                 return
-            current = await self.store.get_chat(chat.id)
-            if current is None or current.status == "ended":
+            chat = await self.store.open_chat_of_visitor(visitor_id)
+            if chat is None:
                 return
-            await self._close_chat(current, "system", "visitor_left")
+            async with self._chat_locks.hold(chat.id):
+                current = await self.store.get_chat(chat.id)
+                if current is None or current.status == "ended":
+                    return
+                await self._close_chat(current, "system", "visitor_left")
 
     async def _agent_left(self, agent_id: str) -> None:
-        if self.presence.is_online(("agent", agent_id)):
-            return
-        chats = await self.store.requeue_agent_chats(agent_id)
+        async with self._person_locks.hold(f"agent:{agent_id}"):
+            if self.presence.is_online(("agent", agent_id)):
+                return
+            chats = await self.store.requeue_agent_chats(agent_id)
         for chat in chats:
             async with self._chat_locks.hold(chat.id):
                 room = chat_room(chat.id)

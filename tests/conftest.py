@@ -46,3 +46,20 @@ async def clients(server: ServerProcess) -> AsyncIterator[Clients]:
     group = Clients(server)
     yield group
     await group.close()
+
+
+@pytest.fixture
+async def clients_on(
+    server_factory: Callable[..., ServerProcess],
+) -> AsyncIterator[Callable[..., Clients]]:
+    """Start a server with extra `CHAT_*` settings and return clients for it."""
+    groups: list[Clients] = []
+
+    def start(**env: str) -> Clients:
+        group = Clients(server_factory(**env))
+        groups.append(group)
+        return group
+
+    yield start
+    for group in groups:
+        await group.close()

@@ -244,3 +244,13 @@ async def matched_pair(
     started = await visitor.next("chat_started")
     await agent.next("chat_started")
     return agent, visitor, str(started["chat"]["id"])
+
+
+async def serve_in_order(agent: ChatClient, count: int) -> list[str]:
+    """Take `count` chats one at a time, ending each; return their ids in order."""
+    served = []
+    for _ in range(count):
+        started = await agent.next("chat_started")
+        served.append(str(started["chat"]["id"]))
+        await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
+    return served

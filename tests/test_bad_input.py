@@ -212,22 +212,18 @@ async def test_identity_ignores_payload_fields(clients: Clients) -> None:
 
 
 async def test_spoofed_reserved_events_ignored(
-    server_factory: Callable[..., ServerProcess],
+    clients_on: Callable[..., Clients],
 ) -> None:
-    server = server_factory(CHAT_VISITOR_GRACE_S="1")
-    clients = Clients(server)
-    try:
-        agent, visitor, chat_id = await matched_pair(clients)
-        await visitor.sio.emit("disconnect", "client says so")
-        await visitor.sio.emit("connect", {"role": "agent", "token": "x"})
-        await asyncio.sleep(1.5)
-        await agent.no_more("chat_ended", within=0.1)
-        reply = await visitor.call(
-            "message", {"chat_id": chat_id, "text": "still me", "client_id": "s"}
-        )
-        assert reply["message"]["sender"]["role"] == "visitor"
-    finally:
-        await clients.close()
+    clients = clients_on(CHAT_VISITOR_GRACE_S="1")
+    agent, visitor, chat_id = await matched_pair(clients)
+    await visitor.sio.emit("disconnect", "client says so")
+    await visitor.sio.emit("connect", {"role": "agent", "token": "x"})
+    await asyncio.sleep(1.5)
+    await agent.no_more("chat_ended", within=0.1)
+    reply = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "still me", "client_id": "s"}
+    )
+    assert reply["message"]["sender"]["role"] == "visitor"
 
 
 @pytest.mark.parametrize(

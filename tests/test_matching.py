@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import ChatClient, Clients
+from tests.support import ChatClient, Clients, serve_in_order
 
 
 async def test_two_agents_one_visitor_race(clients: Clients) -> None:
@@ -47,12 +47,7 @@ async def test_fifo_order(clients: Clients) -> None:
         chat_ids.append(joined["chat"]["id"])
 
     agent = await clients.agent(ready=True, max_chats=1)
-    served = []
-    for _ in chat_ids:
-        started = await agent.next("chat_started")
-        served.append(started["chat"]["id"])
-        await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
-    assert served == chat_ids
+    assert await serve_in_order(agent, len(chat_ids)) == chat_ids
 
 
 async def test_capacity_never_exceeded(clients: Clients) -> None:

@@ -6,7 +6,13 @@ import asyncio
 import time
 from typing import Any
 
-from tests.support import ChatClient, Clients, ServerProcess, matched_pair
+from tests.support import (
+    ChatClient,
+    Clients,
+    ServerProcess,
+    matched_pair,
+    serve_in_order,
+)
 
 
 async def send_until_failure(
@@ -86,12 +92,7 @@ async def test_restart_keeps_queue_order(
         await visitor.next("session", timeout=20)
 
     agent = await clients.agent(ready=True, max_chats=1)
-    served = []
-    for _ in chat_ids:
-        started = await agent.next("chat_started")
-        served.append(started["chat"]["id"])
-        await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
-    assert served == chat_ids
+    assert await serve_in_order(agent, len(chat_ids)) == chat_ids
 
 
 async def test_restart_keeps_agent_token(

@@ -176,5 +176,7 @@ class Store(ABC):
         """Raise the reader's mark to `seq` (never lower it) and return the mark."""
 
     @abstractmethod
-    async def read_marks(self, chat_id: str) -> dict[str, int]:
-        """Return the highest mark per role for a chat."""
+    async def get_read_mark(
+        self, chat_id: str, role: SenderRole, reader_id: str
+    ) -> int:
+        """Return the reader's mark in a chat, 0 when none is stored."""

@@ -537,13 +537,15 @@ class SQLiteStore(Store):
         assert row is not None
         return int(row[0])
 
-    async def read_marks(self, chat_id: str) -> dict[str, int]:
-        rows = await self._read_all(
-            "SELECT reader_role, MAX(seq) FROM read_marks WHERE chat_id = ?"
-            " GROUP BY reader_role",
-            (chat_id,),
+    async def get_read_mark(
+        self, chat_id: str, role: SenderRole, reader_id: str
+    ) -> int:
+        row = await self._read_one(
+            "SELECT seq FROM read_marks WHERE chat_id = ? AND reader_role = ?"
+            " AND reader_id = ?",
+            (chat_id, role, reader_id),
         )
-        return {row[0]: int(row[1]) for row in rows}
+        return int(row[0]) if row else 0
 
 
 _AGENT_SELECT = (

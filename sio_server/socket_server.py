@@ -1,0 +1,91 @@
+"""python-socketio's server with a firmer hand on malformed client packets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import engineio.payload
+import socketio
+from socketio import packet
+
+logger = logging.getLogger("sio_server.events")
+
+# Client-to-server event names that python-socketio would route to the
+# connection handlers; a client may not send them as events.
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error"})
+
+# python-engineio drops a whole polling POST that carries more than 16 packets
+# (python-engineio 4.x, `Payload.max_decode_packets`). A browser that queued
+# more events than that while a POST was in flight would lose them all. The
+# request size stays capped by `max_http_buffer_size`.
+MAX_PACKETS_PER_POST = 1000
+
+# Warnings about undecodable packets are logged for the first few only, then
+# once per this many, so a misbehaving client cannot flood the log.
+BAD_PACKET_LOG_EVERY = 1000
+BAD_PACKET_LOG_FIRST = 20
+
+
+class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """An `AsyncServer` that answers malformed events instead of raising.
+
+    Every packet python-socketio cannot decode, and every event whose name is
+    not a plain string, is logged as a client error and dropped; an event that
+    asked for an acknowledgement gets an `invalid_payload` reply.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POST
+        self.bad_packets = 0
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            self._bad_packet(eio_sid, exc)
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: Any
+    ) -> None:
+        name = data[0] if isinstance(data, list) and data else None
+        if isinstance(name, str) and name not in RESERVED_EVENTS:
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        self._bad_packet(eio_sid, ValueError(f"invalid event name {_preview(name)}"))
+        if id is None:
+            return
+        reply = {
+            "ok": False,
+            "error": {
+                "code": "invalid_payload",
+                "message": "the event name must be a string and not a reserved name",
+            },
+        }
+        await self._send_packet(
+            eio_sid,
+            self.packet_class(
+                packet.ACK, namespace=namespace or "/", id=id, data=[reply]
+            ),
+        )
+
+    def _bad_packet(self, eio_sid: str, exc: BaseException) -> None:
+        self.bad_packets += 1
+        count = self.bad_packets
+        if count <= BAD_PACKET_LOG_FIRST or count % BAD_PACKET_LOG_EVERY == 0:
+            logger.warning(
+                "eio_sid=%s sent a malformed packet, dropped (%d so far): %s",
+                eio_sid,
+                count,
+                str(exc)[:200],
+            )
+
+
+def _preview(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text[:64]

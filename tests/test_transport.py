@@ -1,0 +1,148 @@
+"""Transport-level input: polling bursts and malformed packets.
+
+The protocol promises that every event gets a reply, that stock clients work
+over polling, and that no input leaves a traceback in the server log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from tests.support import Clients, ServerProcess
+
+# python-engineio 4.x rejects a polling POST that carries more packets than
+# this (`engineio.payload.Payload.max_decode_packets`).
+ENGINEIO_PACKETS_PER_POST = 16
+
+
+class RawSocket:
+    """A bare Engine.IO v4 WebSocket that sends hand-written Socket.IO packets."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.url = (
+            server.url.replace("http://", "ws://")
+            + "/socket.io/?EIO=4&transport=websocket"
+        )
+        self.http = aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def connect_visitor(self) -> None:
+        self.ws = await self.http.ws_connect(self.url)
+        opening = await self.ws.receive_str(timeout=5)
+        assert opening.startswith("0"), opening
+        await self.ws.send_str('40{"role": "visitor", "token": null}')
+        await self.wait_for("40")
+
+    async def wait_for(self, prefix: str, timeout: float = 2) -> str:
+        """Return the next text frame that starts with `prefix`, replying to pings."""
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.ws.receive(timeout=max(0.01, deadline - loop.time()))
+            assert frame.type == aiohttp.WSMsgType.TEXT, frame
+            if frame.data == "2":
+                await self.ws.send_str("3")
+            elif frame.data.startswith(prefix):
+                return str(frame.data)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        await self.http.close()
+
+
+async def test_polling_burst_reaches_server(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # A python-socketio polling client's disconnect waits for its pending
+    # long-poll, which the server ends only after a ping interval plus a ping
+    # timeout. Short ones keep the test at seconds instead of 45 s.
+    server = server_factory(CHAT_PING_INTERVAL_S="1", CHAT_PING_TIMEOUT_S="1")
+    clients = Clients(server)
+    try:
+        await send_polling_burst(clients)
+    finally:
+        await clients.close()
+
+
+async def send_polling_burst(clients: Clients) -> None:
+    visitor = await clients.visitor(transports=["polling"])
+    chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+    count = ENGINEIO_PACKETS_PER_POST * 2
+
+    # The client batches the events queued during one POST into the next one.
+    replies = await asyncio.gather(
+        *(
+            visitor.call(
+                "message",
+                {"chat_id": chat_id, "text": f"burst {n}", "client_id": f"b{n}"},
+                timeout=3,
+            )
+            for n in range(count)
+        ),
+        return_exceptions=True,
+    )
+
+    answered = [reply for reply in replies if isinstance(reply, dict)]
+    assert len(answered) == count, f"{count - len(answered)} events got no reply"
+    history = await visitor.call("history", {"chat_id": chat_id})
+    assert len(history["messages"]) == count
+
+
+# Packets with an ack id: the server must reply, as for any unknown event.
+PACKETS_NEEDING_REPLY = [
+    pytest.param('421[{"name": "message"}, {}]', id="object-event-name"),
+    pytest.param('421[["message"], {}]', id="array-event-name"),
+    pytest.param('421["connect"]', id="connect-event-without-auth"),
+    pytest.param('421["connect", 1, 2, 3]', id="connect-event-extra-args"),
+    pytest.param('421["disconnect", "a", "b", "c"]', id="disconnect-event-extra-args"),
+]
+
+
+@pytest.mark.parametrize("packet", PACKETS_NEEDING_REPLY)
+async def test_malformed_event_gets_reply(server: ServerProcess, packet: str) -> None:
+    raw = RawSocket(server)
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        await raw.ws.send_str(packet)
+        ack = await raw.wait_for("431")
+        assert '"ok":false' in ack.replace(" ", ""), ack
+
+        await raw.ws.send_str('422["history", {}]')
+        assert await raw.wait_for("432"), "socket stopped answering"
+    finally:
+        await raw.close()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+# Packets that python-socketio fails to decode, one Socket.IO packet each.
+UNDECODABLE_PACKETS = [
+    pytest.param("42[", id="truncated-json"),
+    pytest.param("42[]", id="empty-array"),
+    pytest.param("42123", id="number-payload"),
+    pytest.param("4x", id="unknown-packet-type"),
+    pytest.param("42" + "9" * 200 + '["history", {}]', id="overlong-ack-id"),
+    pytest.param('42["history", ' + "[" * 5000 + "]" * 5000 + "]", id="deep-nesting"),
+]
+
+
+@pytest.mark.parametrize("packet", UNDECODABLE_PACKETS)
+async def test_undecodable_packet_logs_no_traceback(
+    server: ServerProcess, packet: str
+) -> None:
+    raw = RawSocket(server)
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        await raw.ws.send_str(packet)
+        await raw.ws.send_str('422["history", {}]')
+        assert await raw.wait_for("432"), "socket stopped answering"
+    finally:
+        await raw.close()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
