@@ -160,7 +160,9 @@ class Store(ABC):
         """Store a message with the chat's next seq and commit before returning.
 
         A repeated `client_id` from the same sender returns the stored message
-        and `False`. Raise `WrongState` when the chat has ended.
+        and `False`. Raise `NotFound` for no such chat, `Forbidden` when the
+        sender is not the chat's visitor or current agent, and `WrongState`
+        when the chat has ended.
         """
 
     @abstractmethod

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from .. import matchmaker
-from ..errors import NotFound, WrongState
+from ..errors import Forbidden, NotFound, WrongState
 from ..models import (
     Agent,
     AgentStatus,
@@ -158,6 +159,11 @@ class SQLiteStore(Store):
                 await asyncio.shield(db.execute("ROLLBACK"))
                 raise
             await asyncio.shield(db.execute("COMMIT"))
+
+    def _writer_or_fail(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
 
     async def _read_all(
         self, sql: str, params: Iterable[Any] = ()
@@ -340,7 +346,8 @@ class SQLiteStore(Store):
     async def active_chats_of_agent(self, agent_id: str) -> list[Chat]:
         rows = await self._read_all(
             f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
-            " WHERE c.agent_id = ? AND c.status = 'active' ORDER BY c.assigned_at",
+            " WHERE c.agent_id = ? AND c.status = 'active'"
+            " ORDER BY c.assigned_at, c.queue_rank, c.id",
             (agent_id,),
         )
         return [_chat(row) for row in rows]
@@ -395,8 +402,10 @@ class SQLiteStore(Store):
                 (agent_id,),
             )
             rows = await db.execute_fetchall(
+                # Chats assigned in one run share assigned_at; their old queue
+                # rank, kept since then, orders them.
                 "SELECT id FROM chats WHERE agent_id = ? AND status = 'active'"
-                " ORDER BY assigned_at, id",
+                " ORDER BY assigned_at, queue_rank, id",
                 (agent_id,),
             )
             chat_ids = [row[0] for row in rows]
@@ -453,8 +462,8 @@ class SQLiteStore(Store):
             now = utc_now()
             for assignment in plan:
                 await db.execute(
-                    "UPDATE chats SET status = 'active', agent_id = ?, assigned_at = ?,"
-                    " queue_rank = NULL WHERE id = ? AND status = 'queued'",
+                    "UPDATE chats SET status = 'active', agent_id = ?, assigned_at = ?"
+                    " WHERE id = ? AND status = 'queued'",
                     (assignment.agent_id, now, assignment.chat_id),
                 )
                 await db.execute(
@@ -486,26 +495,67 @@ class SQLiteStore(Store):
     async def add_message(
         self, chat_id: str, sender: Sender, text: str, client_id: str
     ) -> tuple[Message, bool]:
-        async with self._transaction() as db:
-            existing = await _fetch_one(
-                db,
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
-                (chat_id, sender.id, client_id),
+        message = Message(
+            id=new_id(),
+            chat_id=chat_id,
+            seq=0,
+            sender_role=sender.role,
+            sender_id=sender.id,
+            sender_name=sender.name,
+            text=text,
+            client_id=client_id,
+            created_at=utc_now(),
+        )
+        # One statement on the common path: it checks that the sender belongs
+        # to the open chat, takes the next seq and skips a repeated client_id.
+        # A trigger advances chats.last_seq in the same implicit transaction.
+        async with self._write_lock:
+            rows = await self._writer_or_fail().execute_fetchall(
+                "INSERT INTO messages (id, chat_id, seq, sender_role, sender_id,"
+                " sender_name, text, client_id, created_at)"
+                " SELECT :id, c.id, c.last_seq + 1, :role, :sender_id, :name, :text,"
+                " :client_id, :created_at FROM chats c"
+                " WHERE c.id = :chat_id AND c.status != 'ended'"
+                " AND (CASE :role WHEN 'visitor' THEN c.visitor_id"
+                " ELSE c.agent_id END) = :sender_id"
+                " ON CONFLICT (chat_id, sender_id, client_id) DO NOTHING"
+                " RETURNING seq",
+                {
+                    "id": message.id,
+                    "chat_id": chat_id,
+                    "role": sender.role,
+                    "sender_id": sender.id,
+                    "name": sender.name,
+                    "text": text,
+                    "client_id": client_id,
+                    "created_at": message.created_at,
+                },
             )
-            if existing is not None:
-                return _message(existing), False
-            chat = await _fetch_one(
-                db, "SELECT status, last_seq FROM chats WHERE id = ?", (chat_id,)
-            )
-            if chat is None:
-                raise NotFound(f"chat {chat_id!r} not found")
-            if chat["status"] == "ended":
-                raise WrongState(f"chat {chat_id!r} has ended: start a new chat")
-            message = await _insert_message(
-                db, chat_id, chat["last_seq"] + 1, sender, text, client_id
-            )
-        return message, True
+        rows = list(rows)
+        if rows:
+            return replace(message, seq=int(rows[0][0])), True
+        return await self._message_not_added(chat_id, sender, client_id), False
+
+    async def _message_not_added(
+        self, chat_id: str, sender: Sender, client_id: str
+    ) -> Message:
+        """Explain why the INSERT added nothing: return the stored retry or raise."""
+        chat = await self._read_one(
+            "SELECT status, visitor_id, agent_id FROM chats WHERE id = ?", (chat_id,)
+        )
+        if chat is None:
+            raise NotFound(f"chat {chat_id!r} not found")
+        owner = chat["visitor_id"] if sender.role == "visitor" else chat["agent_id"]
+        if owner != sender.id:
+            raise Forbidden(f"chat {chat_id!r} is not yours")
+        existing = await self._read_one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
+            (chat_id, sender.id, client_id),
+        )
+        if existing is not None:
+            return _message(existing)
+        raise WrongState(f"chat {chat_id!r} has ended: start a new chat")
 
     async def list_messages(
         self, chat_id: str, *, after_seq: int = 0, limit: int = 100
@@ -606,11 +656,19 @@ async def _insert_message(
             message.created_at,
         ),
     )
-    await db.execute("UPDATE chats SET last_seq = ? WHERE id = ?", (seq, chat_id))
     return message
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements; migrations use no `;` inside literals."""
-    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+    """Split a migration into complete statements, triggers included."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        raise ValueError(f"migration ends inside a statement: {current.strip()[:80]!r}")
+    return statements
