@@ -46,6 +46,7 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         # Well above a 4,000-character message (at most 16 KB of UTF-8), so an
         # oversize text gets a payload_too_large reply, not a dropped connection.
         max_http_buffer_size=settings.max_payload_bytes,
+        websocket_compression=settings.ws_compression,
         logger=False,
         engineio_logger=False,
     )

@@ -34,6 +34,7 @@ class Settings:
     agent_token_ttl_s: int = 12 * 3600
     visitor_token_ttl_s: int = 30 * 24 * 3600
     max_payload_bytes: int = 1_000_000
+    ws_compression: bool = False
     log_level: str = "INFO"
 
     @property
@@ -76,6 +77,15 @@ def _parse_origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _parse_switch(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"on", "true", "1", "yes"}:
+        return True
+    if value in {"off", "false", "0", "no"}:
+        return False
+    raise ValueError("must be on or off")
+
+
 def _parse_log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -103,6 +113,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "agent_token_ttl_s": _parse_positive_int,
     "visitor_token_ttl_s": _parse_positive_int,
     "max_payload_bytes": _parse_positive_int,
+    "ws_compression": _parse_switch,
     "log_level": _parse_log_level,
 }
 

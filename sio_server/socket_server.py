@@ -7,7 +7,10 @@ import logging
 from typing import Any
 
 import engineio.payload
+import orjson
 import socketio
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet
 
 logger = logging.getLogger("sio_server.events")
@@ -28,6 +31,44 @@ BAD_PACKET_LOG_EVERY = 1000
 BAD_PACKET_LOG_FIRST = 20
 
 
+class OrjsonCodec:
+    """The `json` module interface python-socketio expects, backed by orjson.
+
+    Input orjson rejects (integers beyond 64 bits, NaN) falls back to the
+    standard decoder, so such payloads still reach validation and get a reply.
+    """
+
+    @staticmethod
+    def dumps(value: Any, **options: Any) -> str:
+        return orjson.dumps(value).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **options: Any) -> Any:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+
+
+class UncompressedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket without permessage-deflate.
+
+    aiohttp negotiates compression by default, which keeps a zlib context of
+    tens of kilobytes per socket and costs CPU on every frame, while chat
+    frames are a few hundred bytes. python-engineio 4.x has no option for it.
+    """
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
 class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     """An `AsyncServer` that answers malformed events instead of raising.
 
@@ -36,9 +77,14 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     asked for an acknowledgement gets an `invalid_payload` reply.
     """
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, *, websocket_compression: bool = False, **options: Any) -> None:
+        super().__init__(json=OrjsonCodec, **options)
         engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POST
+        if not websocket_compression:
+            # NOTE: `_async` is python-engineio's table of driver classes; a
+            # copy on this instance swaps the WebSocket class for this server
+            # only.
+            self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
         self.bad_packets = 0
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

@@ -146,3 +146,21 @@ async def test_undecodable_packet_logs_no_traceback(
     finally:
         await raw.close()
     assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("off", None), ("on", "deflate")])
+async def test_websocket_compression_setting(
+    server_factory: Callable[..., ServerProcess], setting: str, expected: str | None
+) -> None:
+    server = server_factory(CHAT_WS_COMPRESSION=setting)
+    url = (
+        server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    )
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, compress=15) as ws:
+        extensions = ws._response.headers.get("Sec-WebSocket-Extensions")
+        assert (await ws.receive_str(timeout=5)).startswith("0")
+    if expected is None:
+        assert extensions is None
+    else:
+        assert extensions is not None
+        assert expected in extensions
