@@ -34,12 +34,15 @@ def _configure_logging(level: str) -> None:
 def serve(settings: Settings) -> None:
     """Run the server until interrupted."""
     app = create_app(settings)
-    logging.getLogger("sio_server").info(
-        "serving on http://%s:%d with %s",
-        settings.host,
-        settings.port,
-        "SQLite" if not settings.database_url else settings.database_url.split(":")[0],
-    )
+    storage = "SQLite" if not settings.database_url else settings.database_url
+    storage = storage.split(":")[0]
+
+    def announce(_: str) -> None:
+        # aiohttp calls this once the port is bound.
+        logging.getLogger("sio_server").info(
+            "serving on http://%s:%d with %s", settings.host, settings.port, storage
+        )
+
     # Polling clients make several requests a second each, so the access log is
     # kept for debugging only.
     access_log = (
@@ -52,7 +55,7 @@ def serve(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        print=None,
+        print=announce,
         access_log=access_log,
         shutdown_timeout=5,
         # After a restart every client reconnects at once; the default backlog
@@ -86,8 +89,15 @@ async def _create_agent(
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    password = getpass.getpass("Password: ")
-    if password != getpass.getpass("Repeat password: "):
+    try:
+        password = getpass.getpass("Password: ")
+        repeated = getpass.getpass("Repeat password: ")
+    except EOFError as exc:
+        raise ChatServerError(
+            "no password was entered: type it at the prompt, or pipe it in"
+            " with --password-stdin"
+        ) from exc
+    if password != repeated:
         raise ChatServerError("the passwords do not match")
     return password
 
@@ -113,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         _configure_logging(settings.log_level)
         if args.command in (None, "serve"):
-            serve(settings)
+            try:
+                serve(settings)
+            except OSError as exc:
+                raise ChatServerError(
+                    f"cannot listen on {settings.host}:{settings.port}: {exc.strerror};"
+                    " set CHAT_PORT to a free port"
+                ) from exc
             return 0
         email, name = args.email.strip(), args.name.strip()
         if "@" not in email or not name:

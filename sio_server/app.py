@@ -28,11 +28,23 @@ def _origin_checker(allowed: tuple[str, ...]) -> Any:
         return "*"
     listed = set(allowed)
 
+    rejected: set[str] = set()
+
     def is_allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
         if origin is None or origin in listed:
             return True
-        same = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST')}"
-        return origin == same
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme")
+        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
+        if origin == f"{scheme or 'http'}://{host}":
+            return True
+        if origin not in rejected and len(rejected) < 100:
+            rejected.add(origin)
+            logger.warning(
+                "rejected connections from origin %s: add it to CHAT_CORS_ORIGINS"
+                " to allow pages there to connect",
+                origin,
+            )
+        return False
 
     return is_allowed
 

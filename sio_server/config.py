@@ -72,8 +72,17 @@ def _parse_positive_int(raw: str) -> int:
 def _parse_origins(raw: str) -> tuple[str, ...]:
     origins = tuple(item.strip() for item in raw.split(",") if item.strip())
     for origin in origins:
-        if origin != "*" and not origin.startswith(("http://", "https://")):
+        if origin == "*":
+            continue
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest:
             raise ValueError(f"origin {origin!r} must start with http:// or https://")
+        if "/" in rest:
+            # Browsers send the Origin header without a path or trailing
+            # slash, so such an entry would never match.
+            raise ValueError(
+                f"origin {origin!r} must not have a path: use {scheme}://{rest.split('/')[0]}"
+            )
     return origins
 
 

@@ -23,6 +23,7 @@ SERVICE_KEY = web.AppKey("service", ChatService)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
 _CHAT_STATUSES = set(get_args(ChatStatus))
+ENGINEIO_PATH = "/socket.io/"
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -49,7 +50,20 @@ async def error_middleware(
             raise
         code = "not_found" if exc.status == 404 else "invalid_payload"
         return json_error(exc.status, code, exc.reason)
-    except Exception:
+    except Exception as exc:
+        if request.path.startswith(ENGINEIO_PATH):
+            # python-engineio raises for requests on a session that closed
+            # while they were in flight (KeyError "Session is disconnected"),
+            # and for frames it cannot parse: the client's fault or a race
+            # with its own close, not a server fault.
+            logger.warning(
+                "%s %s rejected by Engine.IO: %s: %s",
+                request.method,
+                request.path,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            return json_error(400, "invalid_payload", "invalid Engine.IO request")
         logger.exception("%s %s failed", request.method, request.path)
         return json_error(
             500, "internal_error", "the server failed to handle the request"

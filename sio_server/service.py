@@ -327,9 +327,9 @@ class ChatService:
 
         self._sent_positions.pop(chat.id, None)
         self._queue_notifier.request()
+        # The queue update that follows reaches the visitor's other tabs too.
         position = await self._position(chat)
         agents_online = await self.store.count_available_agents()
-        self._sent_positions[chat.id] = (position, agents_online)
         return reply(
             chat=chat.to_wire(),
             position=position,

@@ -50,12 +50,18 @@ async def launch_chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
+# Confirmations the pages ask for themselves; tests accept them. Any other
+# dialog (an alert from injected script, say) is recorded and fails the test.
+OWN_CONFIRMS = ("End the chat with ", "chats are still open")
+
+
 class PageWatch:
     """Record script errors and dialogs of every page, so tests can assert none."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.dialogs: list[str] = []
+        self.confirms: list[str] = []
 
     def attach(self, page: Page, label: str) -> Page:
         page.on("pageerror", lambda error: self.errors.append(f"{label}: {error}"))
@@ -64,6 +70,13 @@ class PageWatch:
 
     def _on_dialog(self, label: str) -> Callable[[Dialog], Awaitable[None]]:
         async def handle(dialog: Dialog) -> None:
+            own = dialog.type == "confirm" and any(
+                text in dialog.message for text in OWN_CONFIRMS
+            )
+            if own:
+                self.confirms.append(f"{label}: {dialog.message}")
+                await dialog.accept()
+                return
             self.dialogs.append(f"{label}: {dialog.type} {dialog.message}")
             await dialog.dismiss()
 

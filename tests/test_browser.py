@@ -86,6 +86,7 @@ async def test_visitor_and_agent_chat(
 
     await dashboard.pane("Vera").locator("button.end").click()
     await expect(widget.again).to_be_visible()
+    assert watch.confirms == ["agent: End the chat with Vera?"]
     await expect(dashboard.pane("Vera").locator(".state")).to_have_text(
         "You ended the chat."
     )
@@ -399,3 +400,46 @@ async def test_widget_origin_not_allowed(
     log = server.log()
     assert "is not an accepted origin" in log
     assert "connect sid=" not in log
+
+
+async def test_visitor_ends_chat(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    dashboard = await agent_page(browser, watch, server)
+    widget = await visitor_page(browser, watch, server)
+    await identify(widget, "Vera")
+    await widget.send("never mind")
+    await expect(dashboard.message("Vera", "never mind")).to_be_visible()
+    await widget.page.locator("[data-sio-chat] button.end").click()
+    await expect(widget.again).to_be_visible()
+    await expect(dashboard.pane("Vera").locator(".state")).to_have_text(
+        "The visitor ended the chat."
+    )
+
+
+async def test_reset_ends_open_chat(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    dashboard = await agent_page(browser, watch, server)
+    widget = await visitor_page(browser, watch, server)
+    await identify(widget, "Vera")
+    await widget.send("logging out soon")
+    await expect(dashboard.message("Vera", "logging out soon")).to_be_visible()
+    await widget.page.evaluate("() => window.SioChat.reset()")
+    await expect(dashboard.pane("Vera").locator(".state")).to_have_text(
+        "The visitor ended the chat."
+    )
+    await expect(widget.stored).to_have_count(0)
+
+
+async def test_second_tab_sees_queued_chat(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    first = await visitor_page(browser, watch, server, "tab1")
+    second = Widget(await first.page.context.new_page())
+    watch.attach(second.page, "tab2")
+    await second.page.goto(server.url + "/")
+    await second.open()
+    await first.send("asked in tab 1")
+    await expect(second.message("asked in tab 1")).to_be_visible()
+    await expect(second.status).to_contain_text("You are number 1 in the queue.")

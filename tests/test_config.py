@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_values_parsed() -> None:
         ("CHAT_AGENT_GRACE_S", "nan"),
         ("CHAT_PING_INTERVAL_S", "0"),
         ("CHAT_CORS_ORIGINS", "shop.example"),
+        ("CHAT_CORS_ORIGINS", "https://shop.example/"),
+        ("CHAT_WS_COMPRESSION", "maybe"),
         ("CHAT_LOG_LEVEL", "LOUD"),
         ("CHAT_DATABASE_URL", "mysql://x"),
         ("CHAT_MAX_PAYLOAD_BYTES", "1000"),
@@ -121,3 +124,15 @@ def test_serve_bad_setting_exits(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "serve", CHAT_PORT="not-a-port")
     assert result.returncode == 2
     assert "CHAT_PORT" in result.stderr
+
+
+def test_serve_busy_port_exits(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, "serve", CHAT_PORT=str(port))
+    assert result.returncode == 2
+    assert "set CHAT_PORT to a free port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving on" not in result.stderr

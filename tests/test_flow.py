@@ -171,6 +171,8 @@ async def test_queue_update_on_position_change(clients: Clients) -> None:
     joined = await second.call("join_queue", {})
     assert joined["position"] == 2
     assert joined["agents_online"] == 0
+    # Every tab of the joining visitor hears the position once.
+    assert (await second.next("queue_update"))["position"] == 2
     await first.call(
         "end_chat", {"chat_id": (await first.call("join_queue"))["chat"]["id"]}
     )
@@ -189,6 +191,7 @@ async def test_queue_update_on_agents_online(clients: Clients) -> None:
     waiting = await clients.visitor()
     joined = await waiting.call("join_queue", {})
     assert joined["agents_online"] == 1
+    assert (await waiting.next("queue_update"))["agents_online"] == 1
     await agent.call("agent_away", {})
     update = await waiting.next("queue_update")
     assert update["agents_online"] == 0

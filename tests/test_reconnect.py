@@ -76,6 +76,7 @@ async def test_visitor_grace_expiry_leaves_queue(
     await first.call("join_queue", {})
     joined = await second.call("join_queue", {})
     assert joined["position"] == 2
+    assert (await second.next("queue_update"))["position"] == 2
     await first.disconnect()
     update = await second.next("queue_update", timeout=5)
     assert update["position"] == 1
@@ -127,6 +128,9 @@ async def test_agent_grace_expiry_requeues_front(
     waiting = await clients.visitor()
     joined = await waiting.call("join_queue", {})
     assert joined["position"] == 1
+    assert (await waiting.next("queue_update"))["position"] == 1
+    # Forget any position the visitor heard before its chat started.
+    visitor.drain("queue_update")
 
     await alice.disconnect()
     assert await visitor.next("chat_requeued", timeout=5) == {"chat_id": chat_id}

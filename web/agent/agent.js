@@ -66,7 +66,17 @@
     start();
   });
 
-  ui.signout.addEventListener("click", () => {
+  ui.signout.addEventListener("click", async () => {
+    const open = [...state.chats.values()].filter((view) => view.chat.status !== "ended");
+    if (open.length > 0 && !confirm(open.length + " chats are still open. Sign out anyway?")) return;
+    // Away first, so no new chat is assigned while the connection winds down.
+    if (state.socket && state.socket.connected) {
+      try {
+        await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_away", {});
+      } catch (error) {
+        // Signing out goes on: the grace period requeues the chats anyway.
+      }
+    }
     localStorage.removeItem(TOKEN_KEY);
     if (state.socket) state.socket.disconnect();
     location.reload();
@@ -348,6 +358,8 @@
     }
     ui.chatList.replaceChildren(...items);
     ui.noChats.hidden = items.length > 0;
+    ui.noChats.textContent =
+      state.status === "ready" ? "No chats yet. New chats appear here." : "No chats yet. Mark yourself ready to take one.";
   }
 
   function renderTitle() {
@@ -485,6 +497,7 @@
   async function endChat(chatId) {
     const view = state.chats.get(chatId);
     if (!view || !state.socket) return;
+    if (!confirm("End the chat with " + view.chat.visitor.name + "?")) return;
     stopTyping(view);
     const reply = await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("end_chat", { chat_id: chatId });
     if (!reply.ok) alertInPane(view, reply.error.message);

@@ -82,6 +82,7 @@
     messages: new Map(), // seq -> Message
     outbox: load("outbox", []), // [{kind, client_id, text}]
     flushing: false,
+    failedConnects: 0,
     agentReadSeq: 0,
     agentTyping: false,
     unread: 0,
@@ -169,6 +170,7 @@
         <div class="titles">
           <h2 class="title"></h2>
           <p class="agents"></p>
+          <button class="end" type="button" hidden>End chat</button>
         </div>
         <button class="close" type="button" aria-label="Close chat">×</button>
       </header>
@@ -200,6 +202,7 @@
     title: $(".title"),
     agents: $(".agents"),
     close: $(".close"),
+    end: $(".end"),
     banner: $(".banner"),
     status: $(".status"),
     log: $(".log"),
@@ -232,6 +235,7 @@
     ui.typing.textContent =
       state.agentTyping && chat && chat.agent ? chat.agent.name + " is typing…" : "";
     const ended = Boolean(chat && chat.status === "ended");
+    ui.end.hidden = !chat || ended;
     ui.composer.hidden = ended;
     ui.ended.hidden = !ended;
     ui.badge.hidden = state.unread === 0 || state.open;
@@ -241,7 +245,11 @@
 
   function statusLine() {
     const chat = state.chat;
-    if (!state.connected && !state.everConnected) return "Connecting…";
+    if (!state.connected && !state.everConnected) {
+      // A few failed attempts usually mean the site's origin is not allowed
+      // by the chat server, or the server is down.
+      return state.failedConnects >= 3 ? "The chat server cannot be reached right now." : "Connecting…";
+    }
     if (!chat) return "";
     if (chat.status === "active" && chat.agent) return "You are chatting with " + chat.agent.name + ".";
     if (chat.status === "queued") {
@@ -338,6 +346,7 @@
     state.socket = socket;
 
     socket.on("connect", () => {
+      state.failedConnects = 0;
       state.connected = true;
       state.everConnected = true;
       render();
@@ -351,11 +360,18 @@
         // The stored token is no longer valid: continue as a new visitor.
         save("token", null);
       }
+      state.failedConnects += 1;
       render();
     });
     socket.on("session", onSession);
     socket.on("queue_update", (update) => {
-      if (!state.chat || update.chat_id !== state.chat.id) return;
+      if (!state.chat || state.chat.status === "ended") {
+        // Another tab of this visitor opened the chat.
+        state.chat = { id: update.chat_id, status: "queued", agent: null };
+        state.messages.clear();
+        catchUp();
+      }
+      if (update.chat_id !== state.chat.id) return;
       state.position = update.position;
       state.estimatedWait = update.estimated_wait_s;
       state.agentsOnline = update.agents_online;
@@ -593,7 +609,20 @@
     if (state.socket) state.socket.disconnect().connect();
   }
 
-  function reset() {
+  async function endChat(reason) {
+    const socket = state.socket;
+    if (!socket || !socket.connected || !state.chat || state.chat.status === "ended") return;
+    stopTyping();
+    try {
+      await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("end_chat", { chat_id: state.chat.id, reason });
+    } catch (error) {
+      showNotice("The chat could not be ended. Check the connection and try again.");
+    }
+  }
+
+  async function reset() {
+    // End the open chat first, so no agent keeps waiting on a visitor who is gone.
+    await endChat("visitor_reset");
     stopTyping();
     if (state.socket) state.socket.disconnect();
     state.socket = null;
@@ -615,6 +644,7 @@
 
   ui.launcher.addEventListener("click", toggle);
   ui.close.addEventListener("click", close);
+  ui.end.addEventListener("click", () => endChat("visitor_ended"));
   ui.panel.addEventListener("keydown", (event) => {
     if (event.key === "Escape") close();
   });
