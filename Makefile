@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 # download is not used.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format screenshots clean
+.PHONY: run test lint format bench bench-quick screenshots clean
 
 run: $(VENV)/.runtime node_modules/.installed
 	$(PY) -m sio_server serve
@@ -51,8 +51,18 @@ $(CHROMIUM):
 		exit 1; \
 	fi
 
+bench: $(VENV)/.dev node_modules/.installed bench/node_modules/.installed
+	$(PY) bench/run.py
+
+bench-quick: $(VENV)/.dev node_modules/.installed bench/node_modules/.installed
+	$(PY) bench/run.py --quick
+
+bench/node_modules/.installed: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund
+	touch $@
+
 screenshots: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
 	$(PY) -m tests.screenshots docs/images
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,613 @@
+"""Benchmark our server against two peers, side by side in one run.
+
+The peers do the same routing work in memory: `peers/node_server.mjs` is a
+minimal Node.js Socket.IO server (the reference to beat) and `peers/raw_relay.py`
+a hand-framed aiohttp WebSocket relay (the ceiling of the Python transport
+under python-socketio). `loadgen/loadgen.mjs` drives all three with the same
+workloads. On a machine with two or more cores the server under test runs on
+core 0 and the generator on core 1.
+
+    python bench/run.py            # full run, several minutes
+    python bench/run.py --quick    # under two minutes, for development
+
+Results go to the terminal as a table, to bench/results/results.json and to
+bench/results/latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+# Every socket is a file descriptor, and the largest workload opens 10,000 of
+# them on each side.
+OPEN_FILES = 65536
+
+
+@dataclass(frozen=True)
+class Profile:
+    idle_counts: list[int]
+    relay_pairs: int
+    relay_duration_s: int
+    open_chats: int
+    open_rates: list[int]
+    open_step_s: int
+    match_visitors: int
+    match_agents: int
+    match_capacity: int
+    storm_chats: int
+    max_chats: int = 50
+
+
+FULL = Profile(
+    idle_counts=[1000, 5000, 10000],
+    relay_pairs=100,
+    relay_duration_s=10,
+    open_chats=1000,
+    open_rates=[500, 1000, 2000, 3000, 5000],
+    open_step_s=10,
+    match_visitors=2000,
+    match_agents=100,
+    match_capacity=5,
+    storm_chats=1000,
+)
+QUICK = Profile(
+    idle_counts=[1000],
+    relay_pairs=50,
+    relay_duration_s=3,
+    open_chats=200,
+    open_rates=[500, 2000],
+    open_step_s=3,
+    match_visitors=500,
+    match_agents=50,
+    match_capacity=5,
+    storm_chats=200,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(core: int, command: list[str]) -> list[str]:
+    """Run `command` on one core when the machine has a core to spare for it."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *command]
+    return command
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
+
+
+class Target:
+    """A server under test, started fresh for each workload."""
+
+    name = ""
+    label = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{self.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def prepare(self, agents: int) -> list[str]:
+        """Reset state and return `agents` agent tokens."""
+        return [f"agent-{n}" for n in range(agents)]
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                pinned(0, self.command()),
+                cwd=ROOT,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.process)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart_after_crash(self) -> None:
+        self.stop(signal.SIGKILL)
+        self.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+class Ours(Target):
+    name = "ours"
+    label = "ours (python-socketio, SQLite)"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.data_dir = workdir / "ours-data"
+
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "sio_server", "serve"]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update(
+            CHAT_PORT=str(self.port),
+            CHAT_DATA_DIR=str(self.data_dir),
+            CHAT_LOG_LEVEL="WARNING",
+            # Long grace periods: a storm's sockets must find their chats.
+            CHAT_VISITOR_GRACE_S="600",
+            CHAT_AGENT_GRACE_S="600",
+        )
+        return env
+
+    def prepare(self, agents: int) -> list[str]:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        return asyncio.run(self._create_agents(agents))
+
+    async def _create_agents(self, count: int) -> list[str]:
+        sys.path.insert(0, str(ROOT))
+        from sio_server.auth import TokenSigner, hash_password
+        from sio_server.config import Settings, ensure_secret_key
+        from sio_server.store import SQLiteStore
+
+        settings = ensure_secret_key(Settings(data_dir=self.data_dir))
+        store = SQLiteStore(settings.sqlite_path)
+        await store.open()
+        # One hash for all: argon2 is slow on purpose, and nobody signs in.
+        password_hash = hash_password("benchmark password")
+        signer = TokenSigner(settings.secret_key, 24 * 3600, 24 * 3600)
+        tokens = []
+        try:
+            for n in range(count):
+                agent = await store.create_agent(
+                    f"agent{n}@bench.example", f"Agent {n}", password_hash
+                )
+                tokens.append(signer.issue("agent", agent.id))
+        finally:
+            await store.close()
+        return tokens
+
+
+class NodePeer(Target):
+    name = "node"
+    label = "Node.js socket.io peer (memory)"
+
+    def command(self) -> list[str]:
+        return ["node", str(BENCH / "peers" / "node_server.mjs"), "--port", str(self.port)]
+
+
+class RawRelay(Target):
+    name = "raw"
+    label = "raw aiohttp relay (memory)"
+
+    def command(self) -> list[str]:
+        return [PYTHON, str(BENCH / "peers" / "raw_relay.py"), "--port", str(self.port)]
+
+
+TARGET_CLASSES: dict[str, type[Target]] = {
+    "ours": Ours,
+    "node": NodePeer,
+    "raw": RawRelay,
+}
+
+
+@dataclass
+class Run:
+    profile: Profile
+    workdir: Path
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, target: Target, key: str, value: Any) -> None:
+        self.results.setdefault(target.name, {})[key] = value
+        print(f"  {target.name:5} {key}: {summarize(value)}", file=sys.stderr)
+
+
+def summarize(result: Any) -> str:
+    if not isinstance(result, dict):
+        return str(result)
+    keys = (
+        "ok",
+        "connections_per_s",
+        "rss_per_connection_kb",
+        "messages_per_s",
+        "achieved_rate",
+        "match_s",
+        "resume_s",
+        "lost_messages",
+        "generator_cpu_s",
+    )
+    parts = [f"{k}={result[k]}" for k in keys if k in result]
+    if "latency_ms" in result:
+        lat = result["latency_ms"]
+        parts.append(f"p50={lat.get('p50')} p99={lat.get('p99')}")
+    return " ".join(parts)
+
+
+def run_loadgen(
+    target: Target,
+    workload: str,
+    options: list[str],
+    tokens: list[str],
+    on_signal: dict[str, Callable[[], None]] | None = None,
+    hold: bool = False,
+    timeout_s: int = 300,
+) -> dict[str, Any]:
+    """Run one workload; call `on_signal[line]` when the generator prints `line`."""
+    agents_file = target.workdir / f"{target.name}-agents.json"
+    agents_file.write_text(json.dumps(tokens), encoding="utf-8")
+    command = pinned(
+        1,
+        [
+            "node",
+            str(BENCH / "loadgen" / "loadgen.mjs"),
+            workload,
+            "--url",
+            target.url,
+            "--agents-file",
+            str(agents_file),
+            "--timeout-s",
+            str(timeout_s),
+            *options,
+        ],
+    )
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None and process.stdin is not None
+    for line in process.stderr:
+        line = line.strip()
+        if on_signal and line in on_signal:
+            on_signal[line]()
+            if hold:
+                process.stdin.close()
+    if not process.stdin.closed:
+        process.stdin.close()
+    stdout, _ = process.communicate(timeout=timeout_s + 30)
+    try:
+        return dict(json.loads(stdout.strip().splitlines()[-1]))
+    except (IndexError, json.JSONDecodeError):
+        return {"workload": workload, "ok": False, "errors": [f"no result: {stdout[-500:]}"]}
+
+
+def bench_idle(run: Run, target: Target, count: int) -> None:
+    tokens = target.prepare(max(1, count // 10))
+    target.start()
+    try:
+        time.sleep(1.0)
+        before = rss_bytes(target.pid)
+        sample: dict[str, int] = {}
+
+        def measure() -> None:
+            time.sleep(2.0)
+            sample["rss"] = rss_bytes(target.pid)
+
+        result = run_loadgen(
+            target,
+            "idle",
+            ["--count", str(count), "--role", "mixed"],
+            tokens,
+            on_signal={"READY": measure},
+            hold=True,
+        )
+        connected = max(1, int(result.get("connected", 0)))
+        if "rss" in sample:
+            result["rss_before_mb"] = round(before / 2**20, 1)
+            result["rss_after_mb"] = round(sample["rss"] / 2**20, 1)
+            result["rss_per_connection_kb"] = round(
+                (sample["rss"] - before) / connected / 1024, 1
+            )
+        run.record(target, f"idle_{count}", result)
+    finally:
+        target.stop()
+
+
+def bench_simple(
+    run: Run, target: Target, key: str, workload: str, options: list[str], agents: int
+) -> None:
+    tokens = target.prepare(agents)
+    target.start()
+    try:
+        run.record(target, key, run_loadgen(target, workload, options, tokens))
+    finally:
+        target.stop()
+
+
+def bench_storm(run: Run, target: Target) -> None:
+    profile = run.profile
+    tokens = target.prepare(-(-profile.storm_chats // profile.max_chats))
+    target.start()
+    try:
+        result = run_loadgen(
+            target,
+            "storm",
+            [
+                "--chats",
+                str(profile.storm_chats),
+                "--max-chats",
+                str(profile.max_chats),
+                "--messages-before",
+                "3",
+            ],
+            tokens,
+            on_signal={"STORM_READY": target.restart_after_crash},
+        )
+        run.record(target, "storm", result)
+    finally:
+        target.stop()
+
+
+def bench_target(run: Run, target: Target) -> None:
+    profile = run.profile
+    agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
+    print(f"== {target.label}", file=sys.stderr)
+    for count in profile.idle_counts:
+        bench_idle(run, target, count)
+    bench_simple(
+        run,
+        target,
+        "relay_closed",
+        "relay-closed",
+        [
+            "--pairs",
+            str(profile.relay_pairs),
+            "--duration-s",
+            str(profile.relay_duration_s),
+            "--max-chats",
+            str(profile.max_chats),
+        ],
+        agents_for(profile.relay_pairs),
+    )
+    bench_simple(
+        run,
+        target,
+        "relay_open",
+        "relay-open",
+        [
+            "--chats",
+            str(profile.open_chats),
+            "--rates",
+            ",".join(str(rate) for rate in profile.open_rates),
+            "--step-s",
+            str(profile.open_step_s),
+            "--max-chats",
+            str(profile.max_chats),
+        ],
+        agents_for(profile.open_chats),
+    )
+    bench_simple(
+        run,
+        target,
+        "match",
+        "match",
+        [
+            "--visitors",
+            str(profile.match_visitors),
+            "--agents",
+            str(profile.match_agents),
+            "--capacity",
+            str(profile.match_capacity),
+        ],
+        profile.match_agents,
+    )
+    bench_storm(run, target)
+
+
+# Figures compared across targets: (label, key path, better when higher).
+def open_loop_steps(result: dict[str, Any]) -> list[dict[str, Any]]:
+    steps = result.get("steps") or []
+    return [step for step in steps if isinstance(step, dict)]
+
+
+def highest_rate_under(result: dict[str, Any], p99_ms: float) -> int | None:
+    best = None
+    for step in open_loop_steps(result):
+        latency = step.get("latency_ms") or {}
+        if step.get("lost", 1) == 0 and (latency.get("p99") or 1e9) < p99_ms:
+            best = max(best or 0, int(step["rate"]))
+    return best
+
+
+def p99_at(result: dict[str, Any], rate: int) -> float | None:
+    for step in open_loop_steps(result):
+        if int(step.get("rate", -1)) == rate:
+            return (step.get("latency_ms") or {}).get("p99")
+    return None
+
+
+def figures(results: dict[str, dict[str, Any]], profile: Profile) -> list[tuple[str, str, bool]]:
+    largest = max(profile.idle_counts)
+    return [
+        (f"memory per idle connection, KB ({largest} sockets)", f"idle_{largest}.rss_per_connection_kb", False),
+        (f"connections per second ({largest} sockets)", f"idle_{largest}.connections_per_s", True),
+        ("closed-loop relay, messages/s", "relay_closed.messages_per_s", True),
+        ("closed-loop relay p99, ms", "relay_closed.latency_ms.p99", False),
+        ("highest open-loop rate with p99 < 50 ms, msg/s", "open.highest_rate", True),
+        ("open-loop p99 at 2,000 msg/s, ms", "open.p99_at_2000", False),
+        ("match all slots, s", "match.match_s", False),
+        ("reconnect storm resume, s", "storm.resume_s", False),
+        ("reconnect storm failed handshakes", "storm.failed_handshakes", False),
+        ("reconnect storm lost messages", "storm.lost_messages", False),
+    ]
+
+
+def lookup(result: dict[str, Any], path: str) -> Any:
+    if path == "open.highest_rate":
+        return highest_rate_under(result.get("relay_open", {}), 50)
+    if path == "open.p99_at_2000":
+        return p99_at(result.get("relay_open", {}), 2000)
+    value: Any = result
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def ratio(ours: Any, peer: Any) -> str:
+    if not isinstance(ours, (int, float)) or not isinstance(peer, (int, float)) or not peer:
+        return "-"
+    return f"{ours / peer:.2f}x"
+
+
+def table(run: Run, names: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    rows = []
+    header = ["figure", *names, "ours/node"]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for label, path, higher_better in figures(run.results, run.profile):
+        values = {name: lookup(run.results.get(name, {}), path) for name in names}
+        row = {"figure": label, "higher_is_better": higher_better, **values}
+        row["ours_over_node"] = ratio(values.get("ours"), values.get("node"))
+        rows.append(row)
+        cells = [label, *(str(values[name]) for name in names), row["ours_over_node"]]
+        lines.append(" | ".join(cells))
+    return "\n".join(lines), rows
+
+
+def chart(run: Run, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name in names:
+        steps = open_loop_steps(run.results.get(name, {}).get("relay_open", {}))
+        rates = [step["rate"] for step in steps]
+        for quantile, style in (("p50", "--"), ("p99", "-")):
+            values = [(step.get("latency_ms") or {}).get(quantile) for step in steps]
+            axis.plot(rates, values, style, marker="o", label=f"{name} {quantile}")
+    axis.set_xlabel("offered load, messages per second (open loop)")
+    axis.set_ylabel("latency, ms (log scale)")
+    axis.set_yscale("log")
+    axis.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_title("Relay latency against load, persistence on for ours")
+    axis.legend()
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def machine() -> dict[str, Any]:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        total_kb = int(meminfo.readline().split()[1])
+    versions = {
+        package: metadata.version(package)
+        for package in ("python-socketio", "python-engineio", "aiohttp", "orjson", "uvloop")
+    }
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(total_kb / 2**20, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "node": node.strip(),
+        "packages": versions,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short workloads, under two minutes")
+    parser.add_argument(
+        "--targets", default="ours,node,raw", help="comma-separated: ours, node, raw"
+    )
+    parser.add_argument("--out", default=str(RESULTS), help="folder for results.json and latency.png")
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    profile = QUICK if args.quick else FULL
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sio-bench-") as workdir:
+        run = Run(profile=profile, workdir=Path(workdir))
+        for name in names:
+            bench_target(run, TARGET_CLASSES[name](Path(workdir)))
+        text, rows = table(run, names)
+
+    report = {
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "profile": "quick" if args.quick else "full",
+        "profile_settings": asdict(profile),
+        "machine": machine(),
+        "duration_s": round(time.monotonic() - started, 1),
+        "figures": rows,
+        "results": run.results,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    chart(run, names, out / "latency.png")
+    print(text)
+    print(f"\nfull results: {out / 'results.json'}; chart: {out / 'latency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
