@@ -92,6 +92,10 @@ class SQLiteStore(Store):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._pending_messages: list[
+            tuple[dict[str, Any], asyncio.Future[list[Any]]]
+        ] = []
+        self._message_writer: asyncio.Task[None] | None = None
 
     # Connections and migrations
 
@@ -138,6 +142,9 @@ class SQLiteStore(Store):
                 logger.info("applied migration %s to %s", name, self._path)
 
     async def close(self) -> None:
+        if self._message_writer is not None:
+            # Messages already accepted are committed before the connections go.
+            await asyncio.shield(self._message_writer)
         for connection in (self._reader, self._writer):
             if connection is not None:
                 await connection.close()
@@ -159,11 +166,6 @@ class SQLiteStore(Store):
                 await asyncio.shield(db.execute("ROLLBACK"))
                 raise
             await asyncio.shield(db.execute("COMMIT"))
-
-    def _writer_or_fail(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise RuntimeError("store is not open")
-        return self._writer
 
     async def _read_all(
         self, sql: str, params: Iterable[Any] = ()
@@ -506,35 +508,51 @@ class SQLiteStore(Store):
             client_id=client_id,
             created_at=utc_now(),
         )
-        # One statement on the common path: it checks that the sender belongs
-        # to the open chat, takes the next seq and skips a repeated client_id.
-        # A trigger advances chats.last_seq in the same implicit transaction.
-        async with self._write_lock:
-            rows = await self._writer_or_fail().execute_fetchall(
-                "INSERT INTO messages (id, chat_id, seq, sender_role, sender_id,"
-                " sender_name, text, client_id, created_at)"
-                " SELECT :id, c.id, c.last_seq + 1, :role, :sender_id, :name, :text,"
-                " :client_id, :created_at FROM chats c"
-                " WHERE c.id = :chat_id AND c.status != 'ended'"
-                " AND (CASE :role WHEN 'visitor' THEN c.visitor_id"
-                " ELSE c.agent_id END) = :sender_id"
-                " ON CONFLICT (chat_id, sender_id, client_id) DO NOTHING"
-                " RETURNING seq",
-                {
-                    "id": message.id,
-                    "chat_id": chat_id,
-                    "role": sender.role,
-                    "sender_id": sender.id,
-                    "name": sender.name,
-                    "text": text,
-                    "client_id": client_id,
-                    "created_at": message.created_at,
-                },
-            )
-        rows = list(rows)
+        params = {
+            "id": message.id,
+            "chat_id": chat_id,
+            "role": sender.role,
+            "sender_id": sender.id,
+            "name": sender.name,
+            "text": text,
+            "client_id": client_id,
+            "created_at": message.created_at,
+        }
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending_messages.append((params, future))
+        if self._message_writer is None or self._message_writer.done():
+            self._message_writer = asyncio.create_task(self._write_messages())
+        rows = await future
         if rows:
             return replace(message, seq=int(rows[0][0])), True
         return await self._message_not_added(chat_id, sender, client_id), False
+
+    async def _write_messages(self) -> None:
+        """Commit pending messages in batches, one transaction and fsync each.
+
+        Messages that arrive while a batch commits wait for the next one, so
+        the cost of the sync spreads over every message sent meanwhile. Each
+        sender still gets its reply only after its own row is committed.
+        """
+        while self._pending_messages:
+            batch = self._pending_messages[:MESSAGE_BATCH]
+            del self._pending_messages[:MESSAGE_BATCH]
+            results: list[list[Any]] = []
+            try:
+                async with self._transaction() as db:
+                    for params, _ in batch:
+                        rows = await db.execute_fetchall(_INSERT_MESSAGE, params)
+                        results.append(list(rows))
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), rows in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(rows)
 
     async def _message_not_added(
         self, chat_id: str, sender: Sender, client_id: str
@@ -597,6 +615,23 @@ class SQLiteStore(Store):
         )
         return int(row[0]) if row else 0
 
+
+# One statement on the common path: it checks that the sender belongs to the
+# open chat, takes the next seq and skips a repeated client_id. A trigger
+# advances chats.last_seq in the same transaction.
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, chat_id, seq, sender_role, sender_id,"
+    " sender_name, text, client_id, created_at)"
+    " SELECT :id, c.id, c.last_seq + 1, :role, :sender_id, :name, :text,"
+    " :client_id, :created_at FROM chats c"
+    " WHERE c.id = :chat_id AND c.status != 'ended'"
+    " AND (CASE :role WHEN 'visitor' THEN c.visitor_id"
+    " ELSE c.agent_id END) = :sender_id"
+    " ON CONFLICT (chat_id, sender_id, client_id) DO NOTHING"
+    " RETURNING seq"
+)
+# Messages committed together at most; a bound keeps one slow batch short.
+MESSAGE_BATCH = 256
 
 _AGENT_SELECT = (
     "SELECT id, email, name, password_hash, is_admin, status, max_chats, created_at"
