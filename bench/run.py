@@ -317,7 +317,7 @@ def run_loadgen(
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stderr is not None and process.stdin is not None
+    assert process.stdin and process.stdout and process.stderr
     for line in process.stderr:
         line = line.strip()
         if on_signal and line in on_signal:
@@ -326,7 +326,10 @@ def run_loadgen(
                 process.stdin.close()
     if not process.stdin.closed:
         process.stdin.close()
-    stdout, _ = process.communicate(timeout=timeout_s + 30)
+    # The result is one JSON line, far below a pipe's buffer, so reading it
+    # after stderr closed cannot deadlock.
+    stdout = process.stdout.read()
+    process.wait(timeout=30)
     try:
         return dict(json.loads(stdout.strip().splitlines()[-1]))
     except (IndexError, json.JSONDecodeError):
