@@ -32,6 +32,11 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def default_visitor_name(visitor_id: str) -> str:
+    """Return the name shown for a visitor who gave none."""
+    return f"Visitor {visitor_id[:4].upper()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Visitor:
     id: str

@@ -27,6 +27,9 @@ class Connection:
     role: Role
     person_id: str
     name: str
+    email: str | None = None
+    # When the person was first seen; a visitor's row is stored with it.
+    created_at: str = ""
 
     @property
     def key(self) -> PersonKey:

@@ -32,7 +32,17 @@ from .errors import (
     WrongState,
 )
 from .metrics import Metrics
-from .models import Chat, Message, Sender, SenderRole, parse_time
+from .models import (
+    Chat,
+    Message,
+    Sender,
+    SenderRole,
+    Visitor,
+    default_visitor_name,
+    new_id,
+    parse_time,
+    utc_now,
+)
 from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
 from .store import Store
 
@@ -155,20 +165,28 @@ class ChatService:
 
     async def connect_visitor(self, sid: str, auth: schemas.VisitorAuth) -> Connection:
         """Admit a visitor socket, creating the visitor when the auth has no token."""
+        # A visitor is stored only when it first joins the queue, so a connect
+        # costs no write: most page views never open a chat.
         if auth.token:
             claims = self.signer.verify(auth.token, "visitor")
-            visitor = await self.store.get_visitor(claims.subject)
-            if visitor is None:
-                raise Unauthorized("visitor token names an unknown visitor")
-            if auth.name is not None or auth.email is not None:
-                visitor = await self.store.update_visitor(
-                    visitor.id, auth.name, auth.email
+            stored = await self.store.get_visitor(claims.subject)
+            if stored is not None and (auth.name is not None or auth.email is not None):
+                stored = await self.store.update_visitor(
+                    stored.id, auth.name, auth.email
                 )
+            visitor = stored or _new_visitor(claims.subject, auth)
         else:
-            visitor = await self.store.create_visitor(auth.name, auth.email)
-            logger.info("visitor %s created", visitor.id)
+            visitor = _new_visitor(new_id(), auth)
+            logger.info("visitor %s new", visitor.id)
 
-        connection = Connection(sid, "visitor", visitor.id, visitor.name)
+        connection = Connection(
+            sid,
+            "visitor",
+            visitor.id,
+            visitor.name,
+            email=visitor.email,
+            created_at=visitor.created_at,
+        )
         self.presence.add(connection)
         await self.sio.enter_room(sid, person_room("visitor", visitor.id))
 
@@ -300,8 +318,14 @@ class ChatService:
         first_message = None
         if payload.message is not None and client_id is not None:
             first_message = (payload.message, client_id)
+        visitor = Visitor(
+            id=connection.person_id,
+            name=connection.name,
+            email=connection.email,
+            created_at=connection.created_at or utc_now(),
+        )
         chat, created = await self.store.open_chat(
-            connection.person_id,
+            visitor,
             department=None,
             metadata=payload.metadata,
             first_message=first_message,
@@ -639,6 +663,15 @@ class ChatService:
             logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
         self._queue_notifier.request()
         self._matcher.request()
+
+
+def _new_visitor(visitor_id: str, auth: schemas.VisitorAuth) -> Visitor:
+    return Visitor(
+        id=visitor_id,
+        name=auth.name or default_visitor_name(visitor_id),
+        email=auth.email,
+        created_at=utc_now(),
+    )
 
 
 def require_role(connection: Connection, role: str, event: str) -> None:

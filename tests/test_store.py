@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sio_server.errors import Forbidden, NotFound, WrongState
-from sio_server.models import Sender
+from sio_server.models import Sender, Visitor, new_id, utc_now
 from sio_server.store import SQLiteStore
 from sio_server.store.sqlite import _split_sql, load_migrations
 
@@ -54,9 +54,9 @@ async def active_chat(store: SQLiteStore) -> tuple[str, Sender, Sender]:
     agent = await store.create_agent("ann@example.com", "Ann", "hash")
     await store.set_agent_status(agent.id, "ready", 1)
     await store.set_agent_connected(agent.id, True)
-    visitor = await store.create_visitor("Vera", None)
+    visitor = Visitor(id=new_id(), name="Vera", email=None, created_at=utc_now())
     chat, created = await store.open_chat(
-        visitor.id, department=None, metadata=None, first_message=("hi", "c0")
+        visitor, department=None, metadata=None, first_message=("hi", "c0")
     )
     assert created
     assigned = await store.assign_waiting()
@@ -107,9 +107,9 @@ async def test_requeue_goes_to_front_in_order(store: SQLiteStore) -> None:
     await store.set_agent_connected(agent.id, True)
     chat_ids = []
     for name in ("A", "B", "C"):
-        visitor = await store.create_visitor(name, None)
+        visitor = Visitor(id=new_id(), name=name, email=None, created_at=utc_now())
         chat, _ = await store.open_chat(
-            visitor.id, department=None, metadata=None, first_message=None
+            visitor, department=None, metadata=None, first_message=None
         )
         chat_ids.append(chat.id)
     assigned = await store.assign_waiting()

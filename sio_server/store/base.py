@@ -74,9 +74,6 @@ class Store(ABC):
     # Visitors
 
     @abstractmethod
-    async def create_visitor(self, name: str | None, email: str | None) -> Visitor: ...
-
-    @abstractmethod
     async def get_visitor(self, visitor_id: str) -> Visitor | None: ...
 
     @abstractmethod
@@ -90,13 +87,16 @@ class Store(ABC):
     @abstractmethod
     async def open_chat(
         self,
-        visitor_id: str,
+        visitor: Visitor,
         *,
         department: str | None,
         metadata: dict[str, Any] | None,
         first_message: tuple[str, str] | None,
     ) -> tuple[Chat, bool]:
         """Queue a new chat for the visitor, or return its open one.
+
+        The visitor's row is stored or updated in the same transaction, since
+        visitors who never join a queue are never stored.
 
         `first_message` is `(text, client_id)`, stored as seq 1 of a new chat and
         ignored for an existing one. The flag is true when a chat was created.

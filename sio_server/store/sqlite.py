@@ -69,10 +69,6 @@ def _agent(row: sqlite3.Row) -> Agent:
     return Agent(**values)
 
 
-def _visitor_name(name: str | None, visitor_id: str) -> str:
-    return name or f"Visitor {visitor_id[:4].upper()}"
-
-
 def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
     """Return `(version, name, sql)` for each migration file of `dialect`, in order."""
     folder = resources.files("sio_server.store") / "migrations" / dialect
@@ -241,22 +237,6 @@ class SQLiteStore(Store):
 
     # Visitors
 
-    async def create_visitor(self, name: str | None, email: str | None) -> Visitor:
-        visitor_id = new_id()
-        visitor = Visitor(
-            id=visitor_id,
-            name=_visitor_name(name, visitor_id),
-            email=email,
-            created_at=utc_now(),
-        )
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO visitors (id, name, email, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (visitor.id, visitor.name, visitor.email, visitor.created_at),
-            )
-        return visitor
-
     async def get_visitor(self, visitor_id: str) -> Visitor | None:
         row = await self._read_one(
             "SELECT id, name, email, created_at FROM visitors WHERE id = ?",
@@ -286,13 +266,22 @@ class SQLiteStore(Store):
 
     async def open_chat(
         self,
-        visitor_id: str,
+        visitor: Visitor,
         *,
         department: str | None,
         metadata: dict[str, Any] | None,
         first_message: tuple[str, str] | None,
     ) -> tuple[Chat, bool]:
+        visitor_id = visitor.id
         async with self._transaction() as db:
+            # Visitors are stored when they first join, not when they connect.
+            await db.execute(
+                "INSERT INTO visitors (id, name, email, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET name = excluded.name,"
+                " email = COALESCE(excluded.email, visitors.email)",
+                (visitor.id, visitor.name, visitor.email, visitor.created_at),
+            )
             existing = await _fetch_one(
                 db,
                 f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
@@ -319,11 +308,7 @@ class SQLiteStore(Store):
             )
             if first_message is not None:
                 text, client_id = first_message
-                visitor = await _fetch_one(
-                    db, "SELECT name FROM visitors WHERE id = ?", (visitor_id,)
-                )
-                assert visitor is not None
-                sender = Sender(role="visitor", id=visitor_id, name=visitor["name"])
+                sender = Sender(role="visitor", id=visitor_id, name=visitor.name)
                 await _insert_message(db, chat_id, 1, sender, text, client_id)
             row = await _fetch_one(
                 db, f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
