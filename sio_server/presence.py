@@ -139,12 +139,20 @@ class CoalescedRunner:
     """Run an async job on request, never twice at once.
 
     Requests that arrive while the job runs make it run once more afterwards, so
-    a burst of requests costs at most two runs.
+    a burst of requests costs at most two runs. With `min_interval_s`, runs
+    also start at least that far apart.
     """
 
-    def __init__(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        job: Callable[[], Awaitable[None]],
+        min_interval_s: float = 0.0,
+    ) -> None:
         self._name = name
         self._job = job
+        self._min_interval_s = min_interval_s
+        self._last_start = -float("inf")
         self._task: asyncio.Task[None] | None = None
         self._again = False
 
@@ -157,6 +165,11 @@ class CoalescedRunner:
     async def _run(self) -> None:
         while True:
             self._again = False
+            loop = asyncio.get_running_loop()
+            wait_s = self._last_start + self._min_interval_s - loop.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            self._last_start = loop.time()
             try:
                 await self._job()
             except Exception:

@@ -52,6 +52,9 @@ AGENTS_ROOM = "agents"
 # `queue_changed` goes to agents at most this often, because the protocol
 # allows it at most a few times a second.
 QUEUE_CHANGED_INTERVAL_S = 0.25
+# Position updates to visitors go out at most this often. Each run reads the
+# whole queue, so a burst of joins costs one run per interval, not one per join.
+QUEUE_UPDATE_INTERVAL_S = 0.2
 # `chat_started` carries the first messages of the chat, at most this many;
 # when `has_more` is true, clients fetch the rest with `history`.
 STARTED_MESSAGES_LIMIT = 500
@@ -96,7 +99,7 @@ class ChatService:
         self.closing = False
         self._matcher = CoalescedRunner("matchmaker", self._match)
         self._queue_notifier = CoalescedRunner(
-            "queue updates", self._send_queue_updates
+            "queue updates", self._send_queue_updates, QUEUE_UPDATE_INTERVAL_S
         )
         self._sent_positions: dict[str, tuple[int, int]] = {}
         self._agents_notice: asyncio.TimerHandle | None = None
@@ -365,11 +368,7 @@ class ChatService:
     async def _position(self, chat: Chat) -> int:
         if chat.status != "queued":
             return 0
-        entries = await self.store.queue_entries()
-        for index, entry in enumerate(entries, start=1):
-            if entry.chat_id == chat.id:
-                return index
-        return 0
+        return await self.store.queue_position(chat.id)
 
     # Agent events
 
@@ -535,8 +534,9 @@ class ChatService:
 
     async def _match(self) -> None:
         chats = await self.store.assign_waiting()
-        for chat in chats:
-            await self._announce_match(chat)
+        # Each announcement waits on its own chat's lock and reads, so they
+        # run side by side.
+        await asyncio.gather(*(self._announce_match(chat) for chat in chats))
         if chats:
             self._queue_notifier.request()
 

@@ -141,6 +141,10 @@ class Store(ABC):
         """Assign queued chats to ready, connected agents in one transaction."""
 
     @abstractmethod
+    async def queue_position(self, chat_id: str) -> int:
+        """Return the chat's place in the queue (1 = next), or 0 when not queued."""
+
+    @abstractmethod
     async def queue_entries(self) -> list[QueueEntry]:
         """Return the queued chats in queue order."""
 

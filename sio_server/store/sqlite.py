@@ -460,6 +460,14 @@ class SQLiteStore(Store):
             chats = await _fetch_chats(db, [item.chat_id for item in plan])
         return chats
 
+    async def queue_position(self, chat_id: str) -> int:
+        row = await self._read_one(
+            "SELECT COUNT(*) FROM chats WHERE status = 'queued' AND queue_rank <="
+            " (SELECT queue_rank FROM chats WHERE id = ? AND status = 'queued')",
+            (chat_id,),
+        )
+        return int(row[0]) if row else 0
+
     async def queue_entries(self) -> list[QueueEntry]:
         rows = await self._read_all(
             "SELECT id, visitor_id, queued_at FROM chats WHERE status = 'queued'"
