@@ -106,7 +106,12 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
                 event, data, namespace, room, skip_sid, callback, to, **options
             )
             return
-        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is None:
+            args = []
+        else:
+            args = [data]
         skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         encoded = self.server.packet_class(
             packet.EVENT, namespace=namespace, data=[event, *args]
@@ -118,7 +123,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
 
 
 class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """An `AsyncServer` that answers malformed events instead of raising.
+    """An `AsyncServer` that replies to malformed events instead of raising.
 
     Every packet python-socketio cannot decode, and every event whose name is
     not a plain string, is logged as a client error and dropped; an event that

@@ -298,7 +298,7 @@ async def test_oversize_frame_drops_only_sender(
 async def test_handler_fault_replies_internal_error(
     server: ServerProcess, clients: Clients
 ) -> None:
-    """A handler that raises answers internal_error and the server keeps serving."""
+    """A handler that raises replies internal_error and the server keeps serving."""
     agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
     server.expect_tracebacks = True
     damage = sqlite3.connect(server.data_dir / "chat.sqlite3")

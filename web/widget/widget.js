@@ -296,7 +296,10 @@
   function messageNode(message, pending) {
     const mine = message.sender.role === "visitor";
     const node = document.createElement("div");
-    node.className = "msg " + (mine ? "mine" : message.sender.role === "system" ? "system" : "theirs");
+    let side = "theirs";
+    if (mine) side = "mine";
+    else if (message.sender.role === "system") side = "system";
+    node.className = "msg " + side;
     node.setAttribute("data-seq", pending ? "" : String(message.seq));
     const text = document.createElement("span");
     text.className = "text";
@@ -305,7 +308,8 @@
     const meta = document.createElement("span");
     meta.className = "meta";
     if (mine) {
-      meta.textContent = pending ? "Sending…" : message.seq <= state.agentReadSeq ? "Read" : "Sent";
+      if (pending) meta.textContent = "Sending…";
+      else meta.textContent = message.seq <= state.agentReadSeq ? "Read" : "Sent";
     } else {
       meta.textContent = message.sender.name || "";
     }
