@@ -131,9 +131,6 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    def __len__(self) -> int:
-        return len(self._locks)
-
 
 class CoalescedRunner:
     """Run an async job on request, never twice at once.
@@ -176,11 +173,6 @@ class CoalescedRunner:
                 logger.exception("%s failed", self._name)
             if not self._again:
                 return
-
-    async def wait(self) -> None:
-        """Wait for the current run, if any, to finish."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
 
     async def cancel(self) -> None:
         if self._task is not None and not self._task.done():

@@ -546,7 +546,7 @@ class ChatService:
         room = chat_room(assigned.id)
         async with self._chat_locks.hold(assigned.id):
             # The visitor may have ended the chat between the assignment and
-            # this lock. The agent is then not told about it at all.
+            # this lock. The agent then gets no event for it at all.
             chat = await self.store.get_chat(assigned.id)
             if chat is None or chat.status != "active" or chat.agent_id != agent_id:
                 return

@@ -126,8 +126,8 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     """An `AsyncServer` that replies to malformed events instead of raising.
 
     Every packet python-socketio cannot decode, and every event whose name is
-    not a plain string, is logged as a client error and dropped; an event that
-    asked for an acknowledgement gets an `invalid_payload` reply.
+    not a plain string, is logged as a client error and dropped. An event that
+    requested an acknowledgement gets an `invalid_payload` reply.
     """
 
     def __init__(self, *, websocket_compression: bool = False, **options: Any) -> None:

@@ -490,17 +490,8 @@ class SQLiteStore(Store):
     async def add_message(
         self, chat_id: str, sender: Sender, text: str, client_id: str
     ) -> tuple[Message, bool]:
-        message = Message(
-            id=new_id(),
-            chat_id=chat_id,
-            seq=0,
-            sender_role=sender.role,
-            sender_id=sender.id,
-            sender_name=sender.name,
-            text=text,
-            client_id=client_id,
-            created_at=utc_now(),
-        )
+        # The seq is known only once the INSERT has run.
+        message = _new_message(chat_id, 0, sender, text, client_id)
         params = {
             "id": message.id,
             "chat_id": chat_id,
@@ -659,17 +650,7 @@ async def _insert_message(
     text: str,
     client_id: str,
 ) -> Message:
-    message = Message(
-        id=new_id(),
-        chat_id=chat_id,
-        seq=seq,
-        sender_role=sender.role,
-        sender_id=sender.id,
-        sender_name=sender.name,
-        text=text,
-        client_id=client_id,
-        created_at=utc_now(),
-    )
+    message = _new_message(chat_id, seq, sender, text, client_id)
     await db.execute(
         f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -685,6 +666,22 @@ async def _insert_message(
         ),
     )
     return message
+
+
+def _new_message(
+    chat_id: str, seq: int, sender: Sender, text: str, client_id: str
+) -> Message:
+    return Message(
+        id=new_id(),
+        chat_id=chat_id,
+        seq=seq,
+        sender_role=sender.role,
+        sender_id=sender.id,
+        sender_name=sender.name,
+        text=text,
+        client_id=client_id,
+        created_at=utc_now(),
+    )
 
 
 def _split_sql(script: str) -> list[str]:
