@@ -251,6 +251,8 @@ class RawRelay(Target):
         return [PYTHON, str(BENCH / "peers" / "raw_relay.py"), "--port", str(self.port)]
 
 
+WORKLOADS = ("idle", "relay_closed", "relay_open", "match", "storm")
+
 TARGET_CLASSES: dict[str, type[Target]] = {
     "ours": Ours,
     "node": NodePeer,
@@ -262,6 +264,7 @@ TARGET_CLASSES: dict[str, type[Target]] = {
 class Run:
     profile: Profile
     workdir: Path
+    workloads: frozenset[str] = frozenset(WORKLOADS)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, target: Target, key: str, value: Any) -> None:
@@ -394,8 +397,9 @@ def bench_simple(
 
 
 def bench_storm(run: Run, target: Target) -> None:
+    # One chat per agent, so the storm has two sockets per chat.
     profile = run.profile
-    tokens = target.prepare(-(-profile.storm_chats // profile.max_chats))
+    tokens = target.prepare(profile.storm_chats)
     target.start()
     try:
         result = run_loadgen(
@@ -405,7 +409,7 @@ def bench_storm(run: Run, target: Target) -> None:
                 "--chats",
                 str(profile.storm_chats),
                 "--max-chats",
-                str(profile.max_chats),
+                "1",
                 "--messages-before",
                 "3",
             ],
@@ -421,56 +425,61 @@ def bench_target(run: Run, target: Target) -> None:
     profile = run.profile
     agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
     print(f"== {target.label}", file=sys.stderr)
-    for count in profile.idle_counts:
-        bench_idle(run, target, count)
-    bench_simple(
-        run,
-        target,
-        "relay_closed",
-        "relay-closed",
-        [
-            "--pairs",
-            str(profile.relay_pairs),
-            "--duration-s",
-            str(profile.relay_duration_s),
-            "--max-chats",
-            str(profile.max_chats),
-        ],
-        agents_for(profile.relay_pairs),
-    )
-    bench_simple(
-        run,
-        target,
-        "relay_open",
-        "relay-open",
-        [
-            "--chats",
-            str(profile.open_chats),
-            "--rates",
-            ",".join(str(rate) for rate in profile.open_rates),
-            "--step-s",
-            str(profile.open_step_s),
-            "--max-chats",
-            str(profile.max_chats),
-        ],
-        agents_for(profile.open_chats),
-    )
-    bench_simple(
-        run,
-        target,
-        "match",
-        "match",
-        [
-            "--visitors",
-            str(profile.match_visitors),
-            "--agents",
-            str(profile.match_agents),
-            "--capacity",
-            str(profile.match_capacity),
-        ],
-        profile.match_agents,
-    )
-    bench_storm(run, target)
+    if "idle" in run.workloads:
+        for count in profile.idle_counts:
+            bench_idle(run, target, count)
+    if "relay_closed" in run.workloads:
+        bench_simple(
+            run,
+            target,
+            "relay_closed",
+            "relay-closed",
+            [
+                "--pairs",
+                str(profile.relay_pairs),
+                "--duration-s",
+                str(profile.relay_duration_s),
+                "--max-chats",
+                str(profile.max_chats),
+            ],
+            agents_for(profile.relay_pairs),
+        )
+    if "relay_open" in run.workloads:
+        bench_simple(
+            run,
+            target,
+            "relay_open",
+            "relay-open",
+            [
+                "--chats",
+                str(profile.open_chats),
+                "--rates",
+                ",".join(str(rate) for rate in profile.open_rates),
+                "--step-s",
+                str(profile.open_step_s),
+                "--max-chats",
+                str(profile.max_chats),
+            ],
+            agents_for(profile.open_chats),
+        )
+    if "match" in run.workloads:
+        bench_simple(
+            run,
+            target,
+            "match",
+            "match",
+            [
+                "--visitors",
+                str(profile.match_visitors),
+                "--agents",
+                str(profile.match_agents),
+                "--capacity",
+                str(profile.match_capacity),
+            ],
+            profile.match_agents,
+        )
+    if "storm" in run.workloads:
+        bench_storm(run, target)
 
 
 # Figures compared across targets: (label, key path, better when higher).
@@ -617,7 +626,17 @@ def main() -> int:
     parser.add_argument(
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+    )
     args = parser.parse_args()
+    workloads = frozenset(name.strip() for name in args.workloads.split(","))
+    if not workloads <= set(WORKLOADS):
+        parser.error(
+            f"unknown workload in --workloads: {sorted(workloads - set(WORKLOADS))}"
+        )
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
@@ -629,7 +648,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sio-bench-") as workdir:
-        run = Run(profile=profile, workdir=Path(workdir))
+        run = Run(profile=profile, workdir=Path(workdir), workloads=workloads)
         for name in names:
             bench_target(run, TARGET_CLASSES[name](Path(workdir)))
         text, rows = table(run, names)
