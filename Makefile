@@ -17,13 +17,13 @@ test: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check sio_server tests
-	$(VENV)/bin/ruff format --check sio_server tests
+	$(VENV)/bin/ruff check sio_server tests bench
+	$(VENV)/bin/ruff format --check sio_server tests bench
 	$(VENV)/bin/mypy
 
 format: $(VENV)/.dev
-	$(VENV)/bin/ruff format sio_server tests
-	$(VENV)/bin/ruff check --fix sio_server tests
+	$(VENV)/bin/ruff format sio_server tests bench
+	$(VENV)/bin/ruff check --fix sio_server tests bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
