@@ -305,6 +305,7 @@ def run_loadgen(
     """Run one workload; call `on_signal[line]` when the generator prints `line`."""
     agents_file = target.workdir / f"{target.name}-agents.json"
     agents_file.write_text(json.dumps(tokens), encoding="utf-8")
+
     command = pinned(
         1,
         [
@@ -331,6 +332,7 @@ def run_loadgen(
     assert process.stdin is not None
     assert process.stdout is not None
     assert process.stderr is not None
+
     for line in process.stderr:
         line = line.strip()
         if on_signal and line in on_signal:
@@ -339,10 +341,12 @@ def run_loadgen(
                 process.stdin.close()
     if not process.stdin.closed:
         process.stdin.close()
+
     # The result is one JSON line of a few kilobytes, below the 64 KiB pipe
     # buffer of Linux, so reading it after stderr closed does not deadlock.
     stdout = process.stdout.read()
     process.wait(timeout=30)
+
     try:
         return dict(json.loads(stdout.strip().splitlines()[-1]))
     except (IndexError, json.JSONDecodeError):
@@ -639,8 +643,8 @@ def main() -> int:
         )
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    limit = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit), hard))
 
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
     profile = QUICK if args.quick else FULL

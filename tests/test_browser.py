@@ -10,7 +10,7 @@ from aiohttp import web
 from playwright.async_api import Browser, expect
 
 from tests.browser import Dashboard, PageWatch, Widget, launch_chromium, new_page
-from tests.support import ServerProcess, free_port
+from tests.support import PASSWORD, ServerProcess, free_port
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_TEXTS = [
@@ -443,3 +443,33 @@ async def test_second_tab_sees_queued_chat(
     await first.send("asked in tab 1")
     await expect(second.message("asked in tab 1")).to_be_visible()
     await expect(second.status).to_contain_text("You are number 1 in the queue.")
+
+
+async def test_dashboard_keyboard_only(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    await server.create_agent("ann@example.com", "Ann")
+    page = await new_page(browser, watch, "agent")
+    await page.goto(f"{server.url}/agent/")
+    await page.locator("#email").focus()
+    await page.keyboard.type("ann@example.com")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
+    dashboard = Dashboard(page)
+    await expect(page.locator("#app")).to_be_visible()
+
+    await dashboard.status.focus()
+    await page.keyboard.press("Enter")
+    await expect(dashboard.status).to_have_attribute("aria-pressed", "true")
+
+    widget = await visitor_page(browser, watch, server)
+    await identify(widget, "Vera")
+    await widget.send("hello by keyboard")
+    await expect(dashboard.message("Vera", "hello by keyboard")).to_be_visible()
+    await dashboard.chat_list.filter(has_text="Vera").locator("button").focus()
+    await page.keyboard.press("Enter")
+    await expect(dashboard.pane("Vera").locator("textarea")).to_be_focused()
+    await page.keyboard.type("answered by keyboard")
+    await page.keyboard.press("Enter")
+    await expect(widget.message("answered by keyboard")).to_be_visible()

@@ -3,9 +3,9 @@
 // marks, page history, retry a message, reconnect the visitor, and end the chat.
 //
 // Settings come from the environment:
-//   CHAT_URL     server base URL, such as http://127.0.0.1:8080
-//   AGENT_TOKEN  access token of an agent, from POST /api/auth/login
-//   TRANSPORT    "websocket" or "polling"; the only transport the client may use
+//   CHAT_URL     the server's base URL, such as http://127.0.0.1:8080.
+//   AGENT_TOKEN  an agent's access token, from POST /api/auth/login.
+//   TRANSPORT    "websocket" or "polling". The client uses only this transport.
 //
 // Output: one JSON summary line, then "N passed, M failed". The exit code is 0 only
 // when every step passed. The steps depend on each other, so after the first
