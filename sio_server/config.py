@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -15,6 +16,19 @@ PREFIX = "CHAT_"
 SECRET_KEY_FILE = "secret_key"
 
 T = TypeVar("T")
+
+DEPARTMENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Department:
+    """A queue of its own, served by the agents who list it."""
+
+    id: str
+    name: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name}
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,16 @@ class Settings:
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
     log_level: str = "INFO"
+    departments: tuple[Department, ...] = ()
+    # Zero turns a timeout off.
+    queue_timeout_s: float = 600.0
+    agent_reply_timeout_s: float = 0.0
+    visitor_idle_timeout_s: float = 1800.0
+    timer_interval_s: float = 1.0
+
+    @property
+    def department_ids(self) -> frozenset[str]:
+        return frozenset(department.id for department in self.departments)
 
     @property
     def sqlite_path(self) -> Path:
@@ -60,6 +84,31 @@ def _parse_positive_float(raw: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
+
+
+def _parse_timeout(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a number of seconds, or 0 to turn it off")
+    return value
+
+
+def _parse_departments(raw: str) -> tuple[Department, ...]:
+    departments: list[Department] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, _, label = item.partition("=")
+        key, label = key.strip(), label.strip()
+        if not DEPARTMENT_ID.match(key):
+            raise ValueError(
+                f"department id {key!r} must be 1 to 32 lower-case letters, digits,"
+                " '-' or '_', starting with a letter or digit"
+            )
+        if any(department.id == key for department in departments):
+            raise ValueError(f"department id {key!r} is listed twice")
+        departments.append(Department(key, label or key))
+    return tuple(departments)
 
 
 def _parse_positive_int(raw: str) -> int:
@@ -124,6 +173,11 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_payload_bytes": _parse_positive_int,
     "ws_compression": _parse_switch,
     "log_level": _parse_log_level,
+    "departments": _parse_departments,
+    "queue_timeout_s": _parse_timeout,
+    "agent_reply_timeout_s": _parse_timeout,
+    "visitor_idle_timeout_s": _parse_timeout,
+    "timer_interval_s": _parse_positive_float,
 }
 
 

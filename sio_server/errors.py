@@ -48,6 +48,22 @@ class WrongState(ChatError):
     http_status = 409
 
 
+class TransferRefused(WrongState):
+    """The target agent of a transfer cannot take the chat now.
+
+    `reason` is one of `same_agent`, `agent_offline`, `agent_away`,
+    `agent_full` and `department`, so a client can explain it without parsing
+    the message.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "reason": self.reason}
+
+
 class RateLimited(ChatError):
     code = "rate_limited"
     http_status = 429

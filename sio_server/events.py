@@ -34,6 +34,11 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
         "read": (schemas.Read, service.read),
         "history": (schemas.History, service.history),
         "end_chat": (schemas.EndChat, service.end_chat),
+        "leave_message": (schemas.LeaveMessage, service.leave_message),
+        "rate_chat": (schemas.RateChat, service.rate_chat),
+        "transfer_chat": (schemas.TransferChat, service.transfer_chat),
+        "note": (schemas.AddNote, service.add_note),
+        "list_notes": (schemas.ListNotes, service.list_notes),
     }
     for name, (model, handler) in events.items():
         sio.on(name, _make_handler(service, name, model, handler))

@@ -1,4 +1,4 @@
-"""REST routes: login, chat list, transcripts, health and metrics."""
+"""REST routes: login, chats and transcripts, agents, canned responses, health."""
 
 from __future__ import annotations
 
@@ -106,11 +106,7 @@ def _int_query(
 async def login(request: web.Request) -> web.Response:
     """Exchange an agent's email and password for an access token."""
     service = request.app[SERVICE_KEY]
-    try:
-        body = json.loads((await request.read()).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise InvalidPayload("request body must be a JSON object in UTF-8") from exc
-    credentials = schemas.parse_object(schemas.Login, body)
+    credentials = schemas.parse_object(schemas.Login, await _json_body(request))
     agent = await service.store.get_agent_by_email(credentials.email)
     password_hash = agent.password_hash if agent else None
     if (
@@ -171,6 +167,77 @@ async def chat_messages(request: web.Request) -> web.Response:
     )
 
 
+async def _json_body(request: web.Request) -> object:
+    try:
+        return json.loads((await request.read()).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayload("request body must be a JSON object in UTF-8") from exc
+
+
+async def departments(request: web.Request) -> web.Response:
+    """List the departments a visitor can pick, and how many agents are ready."""
+    service = request.app[SERVICE_KEY]
+    return web.json_response(
+        {
+            "departments": [item.to_wire() for item in service.settings.departments],
+            "agents_online": await service.store.count_available_agents(),
+        }
+    )
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    """List agents with status and load, for choosing a transfer target."""
+    await _agent_claims(request)
+    loads = await request.app[SERVICE_KEY].store.list_agent_loads()
+    return web.json_response({"agents": [item.to_wire() for item in loads]})
+
+
+async def answer_missed(request: web.Request) -> web.Response:
+    """Store an agent's answer to a missed chat and send it to the visitor."""
+    claims = await _agent_claims(request)
+    body = schemas.parse_object(schemas.MissedReply, await _json_body(request))
+    message, mailed = await request.app[SERVICE_KEY].answer_missed(
+        claims.subject, request.match_info["chat_id"], body.text, body.client_id
+    )
+    return web.json_response(
+        {"message": message.to_wire(), "email_sent": mailed}, status=201
+    )
+
+
+async def list_canned(request: web.Request) -> web.Response:
+    await _agent_claims(request)
+    items = await request.app[SERVICE_KEY].store.list_canned()
+    return web.json_response({"canned_responses": [item.to_wire() for item in items]})
+
+
+async def create_canned(request: web.Request) -> web.Response:
+    claims = await _agent_claims(request)
+    body = schemas.parse_object(schemas.CannedResponseBody, await _json_body(request))
+    item = await request.app[SERVICE_KEY].store.create_canned(
+        body.shortcut, body.text, claims.subject
+    )
+    logger.info("canned response %s created by agent=%s", item.id, claims.subject)
+    return web.json_response({"canned_response": item.to_wire()}, status=201)
+
+
+async def update_canned(request: web.Request) -> web.Response:
+    claims = await _agent_claims(request)
+    body = schemas.parse_object(schemas.CannedResponseBody, await _json_body(request))
+    item = await request.app[SERVICE_KEY].store.update_canned(
+        request.match_info["canned_id"], body.shortcut, body.text
+    )
+    logger.info("canned response %s changed by agent=%s", item.id, claims.subject)
+    return web.json_response({"canned_response": item.to_wire()})
+
+
+async def delete_canned(request: web.Request) -> web.Response:
+    claims = await _agent_claims(request)
+    canned_id = request.match_info["canned_id"]
+    await request.app[SERVICE_KEY].store.delete_canned(canned_id)
+    logger.info("canned response %s deleted by agent=%s", canned_id, claims.subject)
+    return web.Response(status=204)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Report liveness and whether a trivial store query succeeds."""
     try:
@@ -195,5 +262,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/login", login)
     app.router.add_get("/api/chats", list_chats)
     app.router.add_get("/api/chats/{chat_id}/messages", chat_messages)
+    app.router.add_post("/api/chats/{chat_id}/reply", answer_missed)
+    app.router.add_get("/api/departments", departments)
+    app.router.add_get("/api/agents", list_agents)
+    app.router.add_get("/api/canned-responses", list_canned)
+    app.router.add_post("/api/canned-responses", create_canned)
+    app.router.add_put("/api/canned-responses/{canned_id}", update_canned)
+    app.router.add_delete("/api/canned-responses/{canned_id}", delete_canned)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

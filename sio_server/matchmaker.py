@@ -17,6 +17,9 @@ class WaitingChat:
 
     chat_id: str
     department: str | None = None
+    # The agent who handed this chat back to the queue, and who does not get
+    # it again while it waits.
+    passed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +35,18 @@ class AgentSlot:
     departments: frozenset[str] | None = None
 
     def serves(self, department: str | None) -> bool:
-        """Tell whether the agent takes chats of `department`."""
+        """Tell whether the agent takes chats of `department`.
+
+        Chats without a department go to any agent.
+        """
         return (
             self.departments is None
             or department is None
             or (department in self.departments)
         )
+
+    def can_take(self, chat: WaitingChat) -> bool:
+        return self.serves(chat.department) and chat.passed_by != self.agent_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +60,13 @@ def plan_assignments(
 ) -> list[Assignment]:
     """Pair waiting chats with agents: oldest chat first, least busy agent first.
 
-    Among agents with a free slot, the one with the fewest open chats wins, and a
-    tie goes to the agent whose last assignment is the oldest. No agent is given
-    more than `max_chats` chats in total.
+    The queue is walked in order, whatever the departments, so across
+    departments the chat that has waited longest is served first. A chat goes
+    to an agent who serves its department and did not pass it back; among
+    those with a free slot, the one with the fewest open chats wins, and a tie
+    goes to the agent whose last assignment is the oldest. No agent is given
+    more than `max_chats` chats in total. A chat that no free agent can take
+    keeps its place, and the chats behind it are still served.
     """
     load = {agent.agent_id: agent.load for agent in agents}
     last = {agent.agent_id: agent.last_assigned_at for agent in agents}
@@ -65,7 +78,7 @@ def plan_assignments(
         candidates = [
             agent
             for agent in agents
-            if load[agent.agent_id] < agent.max_chats and agent.serves(chat.department)
+            if load[agent.agent_id] < agent.max_chats and agent.can_take(chat)
         ]
         if not candidates:
             continue

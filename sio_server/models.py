@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-ChatStatus = Literal["queued", "active", "ended"]
+ChatStatus = Literal["queued", "active", "ended", "missed"]
+# Chats in these states take no more messages from their two sides.
+CLOSED_STATUSES = frozenset({"ended", "missed"})
 AgentStatus = Literal["offline", "away", "ready"]
 SenderRole = Literal["visitor", "agent", "system"]
 
@@ -55,6 +57,8 @@ class Agent:
     status: AgentStatus
     max_chats: int
     created_at: str
+    # Department ids the agent serves; `None` serves every department.
+    departments: tuple[str, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Return the public fields, without the password hash."""
@@ -65,6 +69,7 @@ class Agent:
             "is_admin": self.is_admin,
             "status": self.status,
             "max_chats": self.max_chats,
+            "serving": list(self.departments) if self.departments is not None else None,
         }
 
 
@@ -84,6 +89,23 @@ class Chat:
     ended_by: SenderRole | None
     end_reason: str | None
     last_seq: int
+    visitor_email: str | None = None
+    rating_score: int | None = None
+    rating_comment: str | None = None
+    rated_at: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.status in CLOSED_STATUSES
+
+    def rating_to_wire(self) -> dict[str, Any] | None:
+        if self.rating_score is None:
+            return None
+        return {
+            "score": self.rating_score,
+            "comment": self.rating_comment,
+            "created_at": self.rated_at,
+        }
 
     def to_wire(self) -> dict[str, Any]:
         """Return the contract's `Chat` object."""
@@ -93,7 +115,11 @@ class Chat:
         return {
             "id": self.id,
             "status": self.status,
-            "visitor": {"id": self.visitor_id, "name": self.visitor_name},
+            "visitor": {
+                "id": self.visitor_id,
+                "name": self.visitor_name,
+                "email": self.visitor_email,
+            },
             "agent": agent,
             "department": self.department,
             "created_at": self.created_at,
@@ -101,6 +127,7 @@ class Chat:
             "ended_at": self.ended_at,
             "ended_by": self.ended_by,
             "end_reason": self.end_reason,
+            "rating": self.rating_to_wire(),
         }
 
 
@@ -149,3 +176,79 @@ class QueueEntry:
     chat_id: str
     visitor_id: str
     queued_at: str
+    department: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLoad:
+    """An agent with its open chats and whether any of its sockets is connected."""
+
+    agent: Agent
+    load: int
+    connected: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        agent = self.agent
+        return {
+            "id": agent.id,
+            "name": agent.name,
+            "status": agent.status,
+            "online": self.connected,
+            "load": self.load,
+            "max_chats": agent.max_chats,
+            "serving": list(agent.departments)
+            if agent.departments is not None
+            else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """An agents-only remark on a chat; visitors never receive it."""
+
+    id: str
+    chat_id: str
+    author_id: str
+    author_name: str
+    text: str
+    client_id: str
+    created_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "chat_id": self.chat_id,
+            "author": {"id": self.author_id, "name": self.author_name},
+            "text": self.text,
+            "client_id": self.client_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CannedResponse:
+    """A stored reply that agents insert by its shortcut."""
+
+    id: str
+    shortcut: str
+    text: str
+    created_by: str
+    created_at: str
+    updated_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "shortcut": self.shortcut,
+            "text": self.text,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Recent measured figures for the wait estimate, in seconds, oldest first."""
+
+    waits: list[float]
+    durations: list[float]

@@ -83,6 +83,14 @@ PersonName = Annotated[
     StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
     AfterValidator(_encodable),
 ]
+Shortcut = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", max_length=32)
+]
+Comment = Annotated[
+    str,
+    StringConstraints(max_length=1000, strip_whitespace=True),
+    AfterValidator(_encodable),
+]
 Email = Annotated[
     str,
     StringConstraints(min_length=3, max_length=254, strip_whitespace=True),
@@ -138,6 +146,46 @@ class History(Payload):
 class EndChat(Payload):
     chat_id: Identifier
     reason: ShortText | None = None
+
+
+class LeaveMessage(Payload):
+    text: MessageText
+    email: Email
+    name: PersonName | None = None
+    department: ShortText | None = None
+    client_id: ClientId | None = None
+
+
+class RateChat(Payload):
+    chat_id: Identifier
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: Comment | None = None
+
+
+class TransferChat(Payload):
+    chat_id: Identifier
+    agent_id: Identifier | None = None
+    department: ShortText | None = None
+
+
+class AddNote(Payload):
+    chat_id: Identifier
+    text: MessageText
+    client_id: ClientId
+
+
+class ListNotes(Payload):
+    chat_id: Identifier
+
+
+class CannedResponseBody(Payload):
+    shortcut: Shortcut
+    text: MessageText
+
+
+class MissedReply(Payload):
+    text: MessageText
+    client_id: ClientId | None = None
 
 
 class VisitorAuth(Payload):

@@ -14,8 +14,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import AsyncExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import socketio
@@ -31,6 +31,8 @@ from .errors import (
     Unauthorized,
     WrongState,
 )
+from .estimate import WINDOW, WaitEstimator
+from .mail import LogMailer, Mailer
 from .metrics import Metrics
 from .models import (
     Chat,
@@ -39,6 +41,7 @@ from .models import (
     SenderRole,
     Visitor,
     default_visitor_name,
+    format_time,
     new_id,
     parse_time,
     utc_now,
@@ -83,12 +86,16 @@ class ChatService:
         signer: TokenSigner,
         settings: Settings,
         metrics: Metrics,
+        mailer: Mailer | None = None,
     ) -> None:
         self.sio = sio
         self.store = store
         self.signer = signer
         self.settings = settings
         self.metrics = metrics
+        self.mailer = mailer or LogMailer()
+        self.estimator = WaitEstimator()
+        self._departments = [item.to_wire() for item in settings.departments]
         self.presence = Presence(self._on_grace_expired)
         self._chat_locks = KeyedLocks()
         # Serialises a person's connects with the end of their grace period.
@@ -101,7 +108,8 @@ class ChatService:
         self._queue_notifier = CoalescedRunner(
             "queue updates", self._send_queue_updates, QUEUE_UPDATE_INTERVAL_S
         )
-        self._sent_positions: dict[str, tuple[int, int]] = {}
+        self._sent_positions: dict[str, tuple[int, int, float | None]] = {}
+        self._timers: asyncio.Task[None] | None = None
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -111,6 +119,14 @@ class ChatService:
     async def start(self) -> None:
         """Give everyone who had open chats before a restart a grace period."""
         await self.store.reset_connections()
+        timings = await self.store.recent_timings(WINDOW)
+        self.estimator = WaitEstimator(timings.waits, timings.durations)
+        if (
+            self.settings.queue_timeout_s
+            or self.settings.agent_reply_timeout_s
+            or self.settings.visitor_idle_timeout_s
+        ):
+            self._timers = asyncio.create_task(self._run_timers())
         visitors, agents = await self.store.people_with_open_state()
         for visitor_id in visitors:
             self.presence.start_grace(
@@ -151,6 +167,8 @@ class ChatService:
             )
 
     async def stop(self) -> None:
+        if self._timers is not None:
+            self._timers.cancel()
         self.presence.close()
         if self._agents_notice is not None:
             self._agents_notice.cancel()
@@ -212,6 +230,7 @@ class ChatService:
             "token": token,
             "chat": chat.to_wire() if chat else None,
             "agents_online": await self.store.count_available_agents(),
+            "departments": self._departments,
         }
         self._spawn(self._send_after_connect(sid, [("session", session)]))
         logger.info("connect sid=%s visitor=%s", sid, visitor.id)
@@ -251,6 +270,10 @@ class ChatService:
             "status": agent.status,
             "max_chats": agent.max_chats,
             "chats": [chat.to_wire() for chat in chats],
+            "departments": self._departments,
+            "serving": list(agent.departments)
+            if agent.departments is not None
+            else None,
         }
         queue = await self.queue_summary()
         self._spawn(
@@ -306,30 +329,19 @@ class ChatService:
         self, connection: Connection, payload: schemas.JoinQueue
     ) -> dict[str, Any]:
         require_role(connection, "visitor", "join_queue")
-        if payload.department is not None:
-            raise InvalidPayload(
-                f"department {payload.department!r} is unknown: this server has"
-                " one general queue, so leave department out"
-            )
+        self._check_department(payload.department)
 
         # Without a client_id, the text itself identifies the message, so a
         # retried join stores it once and a join with new text adds it.
         client_id = payload.client_id
         if client_id is None and payload.message is not None:
-            digest = hashlib.sha256(payload.message.encode()).hexdigest()[:32]
-            client_id = f"join:{digest}"
+            client_id = _text_client_id("join", payload.message)
         first_message = None
         if payload.message is not None and client_id is not None:
             first_message = (payload.message, client_id)
-        visitor = Visitor(
-            id=connection.person_id,
-            name=connection.name,
-            email=connection.email,
-            created_at=connection.created_at or utc_now(),
-        )
         chat, created = await self.store.open_chat(
-            visitor,
-            department=None,
+            _visitor_of(connection),
+            department=payload.department,
             metadata=payload.metadata,
             first_message=first_message,
         )
@@ -360,7 +372,7 @@ class ChatService:
         return reply(
             chat=chat.to_wire(),
             position=position,
-            estimated_wait_s=None,
+            estimated_wait_s=await self._estimate(position),
             agents_online=agents_online,
             message=message.to_wire() if message else None,
         )
@@ -370,27 +382,103 @@ class ChatService:
             return 0
         return await self.store.queue_position(chat.id)
 
+    async def _estimate(
+        self, position: int, capacity: int | None = None
+    ) -> float | None:
+        if position < 1:
+            return None
+        if capacity is None:
+            capacity = await self._open_capacity()
+        return self.estimator.estimate(position, capacity)
+
+    async def _open_capacity(self) -> int:
+        return sum(
+            item.agent.max_chats
+            for item in await self.store.list_agent_loads()
+            if item.connected and item.agent.status == "ready"
+        )
+
+    def _check_department(self, department: str | None) -> None:
+        if department is None or department in self.settings.department_ids:
+            return
+        if not self.settings.departments:
+            raise InvalidPayload(
+                f"department {department!r} is unknown: this server has one"
+                " general queue, so leave department out"
+            )
+        known = ", ".join(sorted(self.settings.department_ids))
+        raise InvalidPayload(
+            f"department {department!r} is unknown: use one of {known}"
+        )
+
+    async def leave_message(
+        self, connection: Connection, payload: schemas.LeaveMessage
+    ) -> dict[str, Any]:
+        """Store a message for agents to answer later, with the visitor's email."""
+        require_role(connection, "visitor", "leave_message")
+        self._check_department(payload.department)
+        client_id = payload.client_id or _text_client_id("leave", payload.text)
+        if payload.name is not None:
+            connection.name = payload.name
+        connection.email = payload.email
+        async with self._person_locks.hold(f"visitor:{connection.person_id}"):
+            chat = await self.store.leave_message(
+                _visitor_of(connection),
+                department=payload.department,
+                text=payload.text,
+                client_id=client_id,
+            )
+        self.metrics.chat_events.labels("missed").inc()
+        logger.info("left message chat=%s visitor=%s", chat.id, connection.person_id)
+        self._sent_positions.pop(chat.id, None)
+        self._queue_notifier.request()
+        return reply(chat=chat.to_wire())
+
+    async def rate_chat(
+        self, connection: Connection, payload: schemas.RateChat
+    ) -> dict[str, Any]:
+        require_role(connection, "visitor", "rate_chat")
+        chat = await self.store.rate_chat(
+            payload.chat_id, connection.person_id, payload.score, payload.comment
+        )
+        rating = chat.rating_to_wire()
+        logger.info("rated chat=%s score=%d", chat.id, payload.score)
+        self.metrics.chat_events.labels("rated").inc()
+        if chat.agent_id is not None:
+            await self.sio.emit(
+                "chat_rated",
+                {"chat_id": chat.id, "rating": rating},
+                room=person_room("agent", chat.agent_id),
+            )
+        return reply(rating=rating)
+
     # Agent events
 
     async def agent_ready(
         self, connection: Connection, payload: schemas.AgentReady
     ) -> dict[str, Any]:
         require_role(connection, "agent", "agent_ready")
-        if payload.departments:
-            raise InvalidPayload(
-                f"department {payload.departments[0]!r} is unknown: this server has"
-                " one general queue, so leave departments out"
-            )
-        agent = await self.store.set_agent_status(
-            connection.person_id, "ready", payload.max_chats
+        for department in payload.departments or ():
+            self._check_department(department)
+        serving = (
+            tuple(dict.fromkeys(payload.departments)) if payload.departments else None
+        )
+        agent = await self.store.set_agent_ready(
+            connection.person_id, payload.max_chats, serving
         )
         chats = await self.store.active_chats_of_agent(agent.id)
-        logger.info("agent=%s ready max_chats=%d", agent.id, agent.max_chats)
+        logger.info(
+            "agent=%s ready max_chats=%d serving=%s",
+            agent.id,
+            agent.max_chats,
+            ",".join(serving) if serving else "all",
+        )
         self._matcher.request()
         self._queue_notifier.request()
         return reply(
             status="ready",
             max_chats=agent.max_chats,
+            serving=list(serving) if serving else None,
             chats=[chat.to_wire() for chat in chats],
         )
 
@@ -402,6 +490,157 @@ class ChatService:
         logger.info("agent=%s away", connection.person_id)
         self._queue_notifier.request()
         return reply(status="away")
+
+    async def transfer_chat(
+        self, connection: Connection, payload: schemas.TransferChat
+    ) -> dict[str, Any]:
+        """Hand an active chat to another agent, or back to a department's queue."""
+        require_role(connection, "agent", "transfer_chat")
+        if (payload.agent_id is None) == (payload.department is None):
+            raise InvalidPayload("give exactly one of agent_id and department")
+        self._check_department(payload.department)
+        old_agent = connection.person_id
+        people = sorted({f"agent:{old_agent}", f"agent:{payload.agent_id or ''}"})
+        async with self._chat_locks.hold(payload.chat_id), AsyncExitStack() as stack:
+            # Hold both agents' connects back, so a socket that connects right
+            # now enters the rooms of the chats it has after the transfer.
+            for person in people:
+                await stack.enter_async_context(self._person_locks.hold(person))
+            if payload.agent_id is not None:
+                chat = await self.store.transfer_to_agent(
+                    payload.chat_id, old_agent, payload.agent_id
+                )
+            else:
+                chat = await self.store.transfer_to_queue(
+                    payload.chat_id, old_agent, payload.department
+                )
+            room = chat_room(chat.id)
+            for sid in self.presence.sockets(("agent", old_agent)):
+                await self.sio.leave_room(sid, room)
+            to = None
+            if chat.agent_id is not None:
+                to = {"id": chat.agent_id, "name": chat.agent_name}
+            await self.sio.emit(
+                "chat_removed",
+                {"chat_id": chat.id, "reason": "transferred", "to": to},
+                room=person_room("agent", old_agent),
+            )
+            if to is not None:
+                await self.sio.emit(
+                    "chat_transferred",
+                    {"chat_id": chat.id, "agent": to},
+                    room=person_room("visitor", chat.visitor_id),
+                )
+                await self._start_for_agent(
+                    chat, transferred_from={"id": old_agent, "name": connection.name}
+                )
+            else:
+                await self.sio.emit(
+                    "chat_requeued",
+                    {
+                        "chat_id": chat.id,
+                        "reason": "transferred",
+                        "department": chat.department,
+                    },
+                    room=person_room("visitor", chat.visitor_id),
+                )
+                self._sent_positions.pop(chat.id, None)
+        self.metrics.chat_events.labels("transferred").inc()
+        logger.info(
+            "transferred chat=%s from agent=%s to %s",
+            chat.id,
+            old_agent,
+            f"agent={chat.agent_id}" if to else f"queue={chat.department or 'general'}",
+        )
+        # The old agent has a free slot, and a queued chat may be waiting.
+        self._matcher.request()
+        self._queue_notifier.request()
+        return reply(chat=chat.to_wire())
+
+    async def _start_for_agent(
+        self, chat: Chat, transferred_from: dict[str, str] | None = None
+    ) -> None:
+        """Put the chat's agent in its room and send it the chat so far."""
+        assert chat.agent_id is not None
+        for sid in self.presence.sockets(("agent", chat.agent_id)):
+            await self.sio.enter_room(sid, chat_room(chat.id))
+        messages, has_more = await self.store.list_messages(
+            chat.id, limit=STARTED_MESSAGES_LIMIT
+        )
+        notes = await self.store.list_notes(chat.id)
+        await self.sio.emit(
+            "chat_started",
+            {
+                "chat": chat.to_wire(),
+                "messages": [message.to_wire() for message in messages],
+                "has_more": has_more,
+                "notes": [note.to_wire() for note in notes],
+                "transferred_from": transferred_from,
+            },
+            room=person_room("agent", chat.agent_id),
+        )
+
+    async def add_note(
+        self, connection: Connection, payload: schemas.AddNote
+    ) -> dict[str, Any]:
+        """Store a remark that only agents see, and show it on the agent's tabs."""
+        require_role(connection, "agent", "note")
+        chat = await self._authorized_chat(connection, payload.chat_id)
+        sender = Sender("agent", connection.person_id, connection.name)
+        note, created = await self.store.add_note(
+            chat.id, sender, payload.text, payload.client_id
+        )
+        if created:
+            # Never to the chat room: the visitor's sockets are in it.
+            await self.sio.emit(
+                "note",
+                note.to_wire(),
+                room=person_room("agent", connection.person_id),
+                skip_sid=connection.sid,
+            )
+        return reply(note=note.to_wire())
+
+    async def list_notes(
+        self, connection: Connection, payload: schemas.ListNotes
+    ) -> dict[str, Any]:
+        require_role(connection, "agent", "list_notes")
+        chat = await self._authorized_chat(connection, payload.chat_id)
+        notes = await self.store.list_notes(chat.id)
+        return reply(notes=[note.to_wire() for note in notes])
+
+    async def answer_missed(
+        self, agent_id: str, chat_id: str, text: str, client_id: str | None
+    ) -> tuple[Message, bool]:
+        """Store an agent's answer to a missed chat and pass it on to the visitor.
+
+        The answer goes by mail to the address the visitor left, and to the
+        visitor's sockets when any is connected. Return the message and whether
+        a mail transport accepted it.
+        """
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            raise Unauthorized("agent token names an unknown agent")
+        sender = Sender("agent", agent.id, agent.name)
+        async with self._chat_locks.hold(chat_id):
+            message, created = await self.store.answer_missed(
+                chat_id, sender, text, client_id or _text_client_id("answer", text)
+            )
+            chat = await self.store.get_chat(chat_id)
+            assert chat is not None
+            if not created:
+                return message, False
+            await self.sio.emit(
+                "message",
+                message.to_wire(),
+                room=person_room("visitor", chat.visitor_id),
+            )
+        logger.info("answered missed chat=%s agent=%s", chat.id, agent.id)
+        if chat.visitor_email is None:
+            return message, False
+        mailed = await self.mailer.send(
+            chat.visitor_email, f"Answer from {agent.name}", text
+        )
+        return message, mailed
 
     # Events of both sides
 
@@ -437,7 +676,7 @@ class ChatService:
         self, connection: Connection, payload: schemas.Typing
     ) -> dict[str, Any]:
         chat = await self._authorized_chat(connection, payload.chat_id)
-        if chat.status == "ended":
+        if chat.closed:
             raise WrongState(f"chat {chat.id!r} has ended")
         await self.sio.emit(
             "typing",
@@ -489,7 +728,7 @@ class ChatService:
     ) -> dict[str, Any]:
         async with self._chat_locks.hold(payload.chat_id):
             chat = await self._authorized_chat(connection, payload.chat_id)
-            if chat.status == "ended":
+            if chat.closed:
                 raise WrongState(f"chat {chat.id!r} has already ended")
             ended = await self._close_chat(chat, connection.role, payload.reason)
         return reply(chat=ended.to_wire())
@@ -499,27 +738,35 @@ class ChatService:
     ) -> Chat:
         # The caller has the chat lock.
         ended = await self.store.end_chat(chat.id, ended_by, reason)
+        await self._announce_end(ended)
+        return ended
+
+    async def _announce_end(self, chat: Chat) -> None:
+        """Tell the room that a chat ended or was missed, then close the room."""
+        # The caller has the chat lock.
+        if chat.assigned_at is not None and chat.ended_at is not None:
+            duration = parse_time(chat.ended_at) - parse_time(chat.assigned_at)
+            self.estimator.record_duration(duration.total_seconds())
         room = chat_room(chat.id)
         await self.sio.emit(
             "chat_ended",
-            {"chat_id": chat.id, "ended_by": ended_by, "reason": reason},
+            {"chat_id": chat.id, "ended_by": chat.ended_by, "reason": chat.end_reason},
             room=room,
         )
         await self.sio.close_room(room)
         logger.info(
-            "ended chat=%s by=%s reason=%s was=%s",
-            chat.id,
-            ended_by,
-            reason,
+            "%s chat=%s by=%s reason=%s",
             chat.status,
+            chat.id,
+            chat.ended_by,
+            chat.end_reason,
         )
-        self.metrics.chat_events.labels("ended").inc()
+        self.metrics.chat_events.labels(chat.status).inc()
         self._sent_positions.pop(chat.id, None)
         # The chat may have been assigned since the caller read it, so every
         # end can free a slot.
         self._matcher.request()
         self._queue_notifier.request()
-        return ended
 
     async def _authorized_chat(self, connection: Connection, chat_id: str) -> Chat:
         chat = await self.store.get_chat(chat_id)
@@ -550,8 +797,6 @@ class ChatService:
             chat = await self.store.get_chat(assigned.id)
             if chat is None or chat.status != "active" or chat.agent_id != agent_id:
                 return
-            for sid in self.presence.sockets(("agent", agent_id)):
-                await self.sio.enter_room(sid, room)
             for sid in self.presence.sockets(("visitor", chat.visitor_id)):
                 await self.sio.enter_room(sid, room)
             messages, has_more = await self.store.list_messages(
@@ -562,7 +807,14 @@ class ChatService:
                 "messages": [message.to_wire() for message in messages],
                 "has_more": has_more,
             }
-            await self.sio.emit("chat_started", payload, room=room)
+            await self.sio.emit(
+                "chat_started", payload, room=person_room("visitor", chat.visitor_id)
+            )
+            # The agent's copy carries the notes, which visitors never see.
+            await self._start_for_agent(chat)
+        if chat.queued_at is not None and chat.assigned_at is not None:
+            wait = parse_time(chat.assigned_at) - parse_time(chat.queued_at)
+            self.estimator.record_wait(wait.total_seconds())
         self._sent_positions.pop(chat.id, None)
         self.metrics.chat_events.labels("matched").inc()
         logger.info(
@@ -574,11 +826,16 @@ class ChatService:
     async def _send_queue_updates(self) -> None:
         entries = await self.store.queue_entries()
         agents_online = await self.store.count_available_agents()
+        capacity = await self._open_capacity()
         queued = {entry.chat_id for entry in entries}
         for chat_id in [key for key in self._sent_positions if key not in queued]:
             del self._sent_positions[chat_id]
-        for position, entry in enumerate(entries, start=1):
-            state = (position, agents_online)
+        # Each department, and the general queue, counts positions on its own.
+        counts: dict[str | None, int] = {}
+        for entry in entries:
+            position = counts[entry.department] = counts.get(entry.department, 0) + 1
+            estimate = self.estimator.estimate(position, capacity)
+            state = (position, agents_online, estimate)
             if self._sent_positions.get(entry.chat_id) == state:
                 continue
             self._sent_positions[entry.chat_id] = state
@@ -587,7 +844,7 @@ class ChatService:
                 {
                     "chat_id": entry.chat_id,
                     "position": position,
-                    "estimated_wait_s": None,
+                    "estimated_wait_s": estimate,
                     "agents_online": agents_online,
                 },
                 room=person_room("visitor", entry.visitor_id),
@@ -619,6 +876,68 @@ class ChatService:
             oldest_at = min(parse_time(entry.queued_at) for entry in entries)
             oldest = round((datetime.now(UTC) - oldest_at).total_seconds(), 3)
         return {"queued": len(entries), "oldest_wait_s": oldest}
+
+    # Timeouts
+
+    async def _run_timers(self) -> None:
+        """Check the queue, reply and inactivity timeouts at a fixed interval.
+
+        Each check is one conditional update in the store, so a chat times
+        out once however many checks see it, and after a restart the checks
+        find what timed out while the server was down.
+        """
+        while True:
+            await asyncio.sleep(self.settings.timer_interval_s)
+            try:
+                await self.check_timeouts()
+            except Exception:
+                logger.exception("timeout check failed")
+
+    async def check_timeouts(self) -> None:
+        now = datetime.now(UTC)
+        settings = self.settings
+        if settings.queue_timeout_s:
+            cutoff = format_time(now - timedelta(seconds=settings.queue_timeout_s))
+            for chat in await self.store.miss_waiting(cutoff):
+                async with self._chat_locks.hold(chat.id):
+                    await self._announce_end(chat)
+        if settings.agent_reply_timeout_s:
+            cutoff = format_time(
+                now - timedelta(seconds=settings.agent_reply_timeout_s)
+            )
+            for chat, agent_id in await self.store.requeue_unanswered(cutoff):
+                await self._take_back(chat, agent_id, "no_reply")
+        if settings.visitor_idle_timeout_s:
+            cutoff = format_time(
+                now - timedelta(seconds=settings.visitor_idle_timeout_s)
+            )
+            for chat in await self.store.end_inactive(cutoff):
+                async with self._chat_locks.hold(chat.id):
+                    await self._announce_end(chat)
+
+    async def _take_back(self, chat: Chat, agent_id: str, reason: str) -> None:
+        """Tell both sides that a requeued chat left its agent."""
+        async with self._chat_locks.hold(chat.id):
+            room = chat_room(chat.id)
+            for sid in self.presence.sockets(("agent", agent_id)):
+                await self.sio.leave_room(sid, room)
+            await self.sio.emit(
+                "chat_removed",
+                {"chat_id": chat.id, "reason": reason, "to": None},
+                room=person_room("agent", agent_id),
+            )
+            await self.sio.emit(
+                "chat_requeued",
+                {"chat_id": chat.id, "reason": reason, "department": chat.department},
+                room=person_room("visitor", chat.visitor_id),
+            )
+            self._sent_positions.pop(chat.id, None)
+        self.metrics.chat_events.labels("requeued").inc()
+        logger.info(
+            "requeued chat=%s from agent=%s reason=%s", chat.id, agent_id, reason
+        )
+        self._matcher.request()
+        self._queue_notifier.request()
 
     # Grace expiry
 
@@ -655,7 +974,11 @@ class ChatService:
                     await self.sio.leave_room(sid, room)
                 await self.sio.emit(
                     "chat_requeued",
-                    {"chat_id": chat.id},
+                    {
+                        "chat_id": chat.id,
+                        "reason": "agent_left",
+                        "department": chat.department,
+                    },
                     room=person_room("visitor", chat.visitor_id),
                 )
                 self._sent_positions.pop(chat.id, None)
@@ -663,6 +986,20 @@ class ChatService:
             logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
         self._queue_notifier.request()
         self._matcher.request()
+
+
+def _visitor_of(connection: Connection) -> Visitor:
+    return Visitor(
+        id=connection.person_id,
+        name=connection.name,
+        email=connection.email,
+        created_at=connection.created_at or utc_now(),
+    )
+
+
+def _text_client_id(prefix: str, text: str) -> str:
+    """Derive a client_id from the text, so a retry without one stores it once."""
+    return f"{prefix}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
 
 
 def _new_visitor(visitor_id: str, auth: schemas.VisitorAuth) -> Visitor:

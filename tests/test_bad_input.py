@@ -108,7 +108,13 @@ BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("join_queue", {"message": ""}, "invalid_payload"),
     ("agent_ready", {}, "forbidden"),
     ("agent_away", {}, "forbidden"),
-    ("transfer_chat", {"chat_id": "CHAT", "agent_id": "a"}, "invalid_payload"),
+    ("transfer_chat", {"chat_id": "CHAT", "agent_id": "a"}, "forbidden"),
+    ("note", {"chat_id": "CHAT", "text": "x", "client_id": "n"}, "forbidden"),
+    ("rate_chat", {"chat_id": "CHAT", "score": 6}, "invalid_payload"),
+    ("rate_chat", {"chat_id": "CHAT", "score": 4.5}, "invalid_payload"),
+    ("rate_chat", {"chat_id": "CHAT", "score": 5}, "wrong_state"),
+    ("leave_message", {"text": "hi", "email": "not-an-email"}, "invalid_payload"),
+    ("leave_message", {"text": "hi", "email": "a@example.com"}, "wrong_state"),
     ("no_such_event", {}, "invalid_payload"),
 ]
 
@@ -121,6 +127,17 @@ AGENT_BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("agent_ready", {"departments": "billing"}, "invalid_payload"),
     ("agent_away", [1], "invalid_payload"),
     ("join_queue", {}, "forbidden"),
+    ("transfer_chat", {"chat_id": "CHAT"}, "invalid_payload"),
+    (
+        "transfer_chat",
+        {"chat_id": "CHAT", "agent_id": "a", "department": "sales"},
+        "invalid_payload",
+    ),
+    ("transfer_chat", {"chat_id": "CHAT", "department": "sales"}, "invalid_payload"),
+    ("transfer_chat", {"chat_id": "CHAT", "agent_id": "nobody"}, "not_found"),
+    ("note", {"chat_id": "CHAT", "text": " ", "client_id": "n"}, "invalid_payload"),
+    ("list_notes", {"chat_id": "no-such-chat"}, "not_found"),
+    ("rate_chat", {"chat_id": "CHAT", "score": 5}, "forbidden"),
     (
         "message",
         {"chat_id": "CHAT", "text": "x" * 4001, "client_id": "c"},

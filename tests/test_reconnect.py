@@ -133,7 +133,11 @@ async def test_agent_grace_expiry_requeues_front(
     visitor.drain("queue_update")
 
     await alice.disconnect()
-    assert await visitor.next("chat_requeued", timeout=5) == {"chat_id": chat_id}
+    assert await visitor.next("chat_requeued", timeout=5) == {
+        "chat_id": chat_id,
+        "reason": "agent_left",
+        "department": None,
+    }
     update = await visitor.next("queue_update")
     assert update == {
         "chat_id": chat_id,

@@ -13,13 +13,17 @@ from typing import Any
 
 from ..models import (
     Agent,
+    AgentLoad,
     AgentStatus,
+    CannedResponse,
     Chat,
     ChatStatus,
     Message,
+    Note,
     QueueEntry,
     Sender,
     SenderRole,
+    Timings,
     Visitor,
 )
 
@@ -58,6 +62,16 @@ class Store(ABC):
         self, agent_id: str, status: AgentStatus, max_chats: int | None = None
     ) -> Agent:
         """Set status and, when given, capacity; raise `NotFound` for no such agent."""
+
+    @abstractmethod
+    async def set_agent_ready(
+        self, agent_id: str, max_chats: int | None, departments: tuple[str, ...] | None
+    ) -> Agent:
+        """Mark the agent ready, serving `departments` (`None`: every one)."""
+
+    @abstractmethod
+    async def list_agent_loads(self) -> list[AgentLoad]:
+        """Return every agent with its count of active chats, by name."""
 
     @abstractmethod
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
@@ -138,11 +152,93 @@ class Store(ABC):
 
     @abstractmethod
     async def assign_waiting(self) -> list[Chat]:
-        """Assign queued chats to ready, connected agents in one transaction."""
+        """Assign queued chats to ready, connected agents in one transaction.
+
+        The agent that passed a chat back to the queue is not given it again.
+        """
+
+    @abstractmethod
+    async def transfer_to_agent(
+        self, chat_id: str, from_agent_id: str, to_agent_id: str
+    ) -> Chat:
+        """Give an active chat of `from_agent_id` to another agent.
+
+        Checks and change happen in one transaction: raise `NotFound` for an
+        unknown chat or target, `Forbidden` when the chat is not the caller's,
+        `WrongState` when it is not active, and `TransferRefused` when the
+        target is the caller, offline, away, full, or does not serve the
+        chat's department.
+        """
+
+    @abstractmethod
+    async def transfer_to_queue(
+        self, chat_id: str, from_agent_id: str, department: str | None
+    ) -> Chat:
+        """Put an active chat of `from_agent_id` at the front of a queue.
+
+        The chat takes `department`; its agent will not get it back while it
+        waits. Errors as in `transfer_to_agent`.
+        """
+
+    @abstractmethod
+    async def requeue_unanswered(self, assigned_before: str) -> list[tuple[Chat, str]]:
+        """Requeue active chats whose agent has not replied since `assigned_before`.
+
+        Each goes to the front of the queue and its agent will not get it back
+        while it waits. Return each chat with the agent it left.
+        """
+
+    @abstractmethod
+    async def miss_waiting(self, queued_before: str) -> list[Chat]:
+        """Turn chats queued since before `queued_before` into `missed` chats."""
+
+    @abstractmethod
+    async def end_inactive(self, active_before: str) -> list[Chat]:
+        """End active chats whose visitor has been silent since `active_before`."""
+
+    @abstractmethod
+    async def leave_message(
+        self,
+        visitor: Visitor,
+        *,
+        department: str | None,
+        text: str,
+        client_id: str,
+    ) -> Chat:
+        """Store a message for agents to answer later, as a `missed` chat.
+
+        The visitor's queued chat becomes that chat; otherwise a new one is
+        made. Raise `WrongState` when the visitor has an active chat.
+        """
+
+    @abstractmethod
+    async def answer_missed(
+        self, chat_id: str, sender: Sender, text: str, client_id: str
+    ) -> tuple[Message, bool]:
+        """Store an agent's answer to a missed chat; the chat keeps its status.
+
+        A chat without agent takes the answering one. Raise `NotFound` or
+        `WrongState` for a chat that is not missed. The flag is false for a
+        repeated `client_id`.
+        """
+
+    @abstractmethod
+    async def rate_chat(
+        self, chat_id: str, visitor_id: str, score: int, comment: str | None
+    ) -> Chat:
+        """Store the visitor's rating of an ended chat, once."""
+
+    @abstractmethod
+    async def recent_timings(self, limit: int) -> Timings:
+        """Return waits and durations of the latest chats, for the wait estimate."""
 
     @abstractmethod
     async def queue_position(self, chat_id: str) -> int:
-        """Return the chat's place in the queue (1 = next), or 0 when not queued."""
+        """Return the chat's place in its department's queue (1 = next).
+
+        Chats without a department form a queue of their own. Return 0 when the
+        chat is not queued.
+        """
 
     @abstractmethod
     async def queue_entries(self) -> list[QueueEntry]:
@@ -174,6 +270,42 @@ class Store(ABC):
         self, chat_id: str, *, after_seq: int = 0, limit: int = 100
     ) -> tuple[list[Message], bool]:
         """Return messages after `after_seq`, oldest first, and whether more follow."""
+
+    # Notes
+
+    @abstractmethod
+    async def add_note(
+        self, chat_id: str, author: Sender, text: str, client_id: str
+    ) -> tuple[Note, bool]:
+        """Store a note; a repeated `client_id` returns the stored one and False."""
+
+    @abstractmethod
+    async def list_notes(self, chat_id: str) -> list[Note]:
+        """Return the chat's notes, oldest first."""
+
+    # Canned responses
+
+    @abstractmethod
+    async def list_canned(self) -> list[CannedResponse]:
+        """Return every canned response, by shortcut."""
+
+    @abstractmethod
+    async def create_canned(
+        self, shortcut: str, text: str, created_by: str
+    ) -> CannedResponse:
+        """Insert a canned response; raise `WrongState` when the shortcut is taken."""
+
+    @abstractmethod
+    async def update_canned(
+        self, canned_id: str, shortcut: str, text: str
+    ) -> CannedResponse:
+        """Replace shortcut and text; raise `NotFound` or `WrongState` (taken)."""
+
+    @abstractmethod
+    async def delete_canned(self, canned_id: str) -> None:
+        """Delete a canned response; raise `NotFound` when there is none."""
+
+    # Read marks
 
     @abstractmethod
     async def set_read_mark(

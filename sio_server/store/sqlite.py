@@ -22,18 +22,23 @@ from typing import Any
 import aiosqlite
 
 from .. import matchmaker
-from ..errors import Forbidden, NotFound, WrongState
+from ..errors import Forbidden, NotFound, TransferRefused, WrongState
 from ..models import (
     Agent,
+    AgentLoad,
     AgentStatus,
+    CannedResponse,
     Chat,
     ChatStatus,
     Message,
+    Note,
     QueueEntry,
     Sender,
     SenderRole,
+    Timings,
     Visitor,
     new_id,
+    parse_time,
     utc_now,
 )
 from .base import Store
@@ -43,7 +48,8 @@ logger = logging.getLogger("sio_server.store")
 _CHAT_COLUMNS = """
     c.id, c.status, c.visitor_id, v.name AS visitor_name, c.agent_id,
     a.name AS agent_name, c.department, c.created_at, c.queued_at, c.assigned_at,
-    c.ended_at, c.ended_by, c.end_reason, c.last_seq
+    c.ended_at, c.ended_by, c.end_reason, c.last_seq, v.email AS visitor_email,
+    c.rating_score, c.rating_comment, c.rated_at
 """
 _CHAT_FROM = """
     FROM chats c
@@ -64,9 +70,19 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 def _agent(row: sqlite3.Row) -> Agent:
-    values = dict(row)
+    values = {key: row[key] for key in _AGENT_FIELDS}
     values["is_admin"] = bool(values["is_admin"])
+    if values["departments"] is not None:
+        values["departments"] = tuple(json.loads(values["departments"]))
     return Agent(**values)
+
+
+def _note(row: sqlite3.Row) -> Note:
+    return Note(**dict(row))
+
+
+def _canned(row: sqlite3.Row) -> CannedResponse:
+    return CannedResponse(**dict(row))
 
 
 def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
@@ -116,6 +132,17 @@ class SQLiteStore(Store):
         return connection
 
     async def _migrate(self) -> None:
+        assert self._writer is not None
+        # A migration that rebuilds a table needs foreign keys off, and the
+        # pragma has no effect inside a transaction; the check before the
+        # commit makes up for it.
+        await self._writer.execute("PRAGMA foreign_keys = OFF")
+        try:
+            await self._apply_migrations()
+        finally:
+            await self._writer.execute("PRAGMA foreign_keys = ON")
+
+    async def _apply_migrations(self) -> None:
         async with self._transaction() as db:
             await db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -136,6 +163,12 @@ class SQLiteStore(Store):
                     (version, name, utc_now()),
                 )
                 logger.info("applied migration %s to %s", name, self._path)
+            broken = list(await db.execute_fetchall("PRAGMA foreign_key_check"))
+            if broken:
+                raise RuntimeError(
+                    f"migrations left {len(broken)} broken foreign keys,"
+                    f" first in table {broken[0][0]}"
+                )
 
     async def close(self) -> None:
         if self._message_writer is not None:
@@ -217,6 +250,25 @@ class SQLiteStore(Store):
         if row is None:
             raise NotFound(f"agent {agent_id!r} not found")
         return _agent(row)
+
+    async def set_agent_ready(
+        self, agent_id: str, max_chats: int | None, departments: tuple[str, ...] | None
+    ) -> Agent:
+        serving = json.dumps(list(departments)) if departments is not None else None
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE agents SET status = 'ready',"
+                " max_chats = COALESCE(?, max_chats), departments = ? WHERE id = ?",
+                (max_chats, serving, agent_id),
+            )
+            row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} not found")
+        return _agent(row)
+
+    async def list_agent_loads(self) -> list[AgentLoad]:
+        rows = await self._read_all(_AGENT_LOAD_SELECT + " ORDER BY name, id")
+        return [_agent_load(row) for row in rows]
 
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
         async with self._transaction() as db:
@@ -370,7 +422,8 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             cursor = await db.execute(
                 "UPDATE chats SET status = 'ended', queue_rank = NULL, ended_at = ?,"
-                " ended_by = ?, end_reason = ? WHERE id = ? AND status != 'ended'",
+                " ended_by = ?, end_reason = ? WHERE id = ?"
+                " AND status IN ('queued', 'active')",
                 (utc_now(), ended_by, reason, chat_id),
             )
             row = await _fetch_one(
@@ -396,28 +449,14 @@ class SQLiteStore(Store):
                 (agent_id,),
             )
             chat_ids = [row[0] for row in rows]
-            if not chat_ids:
-                return []
-            front = await _fetch_one(
-                db,
-                "SELECT COALESCE(MIN(queue_rank), 1) FROM chats"
-                " WHERE status = 'queued'",
-            )
-            assert front is not None
-            first_rank, now = int(front[0]) - len(chat_ids), utc_now()
-            for offset, chat_id in enumerate(chat_ids):
-                await db.execute(
-                    "UPDATE chats SET status = 'queued', agent_id = NULL,"
-                    " assigned_at = NULL, queue_rank = ?, queued_at = ? WHERE id = ?",
-                    (first_rank + offset, now, chat_id),
-                )
+            await _requeue_at_front(db, chat_ids, passed_by=None)
             chats = await _fetch_chats(db, chat_ids)
         return chats
 
     async def assign_waiting(self) -> list[Chat]:
         async with self._transaction() as db:
             agent_rows = await db.execute_fetchall(
-                "SELECT a.id, a.max_chats, a.last_assigned_at,"
+                "SELECT a.id, a.max_chats, a.last_assigned_at, a.departments,"
                 " (SELECT COUNT(*) FROM chats c WHERE c.agent_id = a.id"
                 "  AND c.status = 'active') AS load"
                 " FROM agents a WHERE a.status = 'ready' AND a.connected = 1"
@@ -428,28 +467,48 @@ class SQLiteStore(Store):
                     load=row["load"],
                     max_chats=row["max_chats"],
                     last_assigned_at=row["last_assigned_at"],
+                    departments=(
+                        frozenset(json.loads(row["departments"]))
+                        if row["departments"] is not None
+                        else None
+                    ),
                 )
                 for row in agent_rows
             ]
             free = sum(max(slot.max_chats - slot.load, 0) for slot in slots)
             if free == 0:
                 return []
-            # NOTE: without departments every agent serves every chat, so the
-            # oldest `free` chats are all the planner can use.
+            limit = -1
+            if all(slot.departments is None for slot in slots):
+                # Every agent serves every chat, so only the oldest `free`
+                # chats can be used, plus one for each chat that some agent
+                # may not take back.
+                passed = await _fetch_one(
+                    db,
+                    "SELECT COUNT(*) FROM chats"
+                    " WHERE status = 'queued' AND passed_by IS NOT NULL",
+                )
+                assert passed is not None
+                limit = free + int(passed[0])
             queue_rows = await db.execute_fetchall(
-                "SELECT id, department FROM chats WHERE status = 'queued'"
+                "SELECT id, department, passed_by FROM chats WHERE status = 'queued'"
                 " ORDER BY queue_rank LIMIT ?",
-                (free,),
+                (limit,),
             )
             queue = [
-                matchmaker.WaitingChat(chat_id=row["id"], department=row["department"])
+                matchmaker.WaitingChat(
+                    chat_id=row["id"],
+                    department=row["department"],
+                    passed_by=row["passed_by"],
+                )
                 for row in queue_rows
             ]
             plan = matchmaker.plan_assignments(queue, slots)
             now = utc_now()
             for assignment in plan:
                 await db.execute(
-                    "UPDATE chats SET status = 'active', agent_id = ?, assigned_at = ?"
+                    "UPDATE chats SET status = 'active', agent_id = ?, assigned_at = ?,"
+                    " passed_by = NULL, agent_replied_at = NULL"
                     " WHERE id = ? AND status = 'queued'",
                     (assignment.agent_id, now, assignment.chat_id),
                 )
@@ -460,20 +519,241 @@ class SQLiteStore(Store):
             chats = await _fetch_chats(db, [item.chat_id for item in plan])
         return chats
 
+    async def transfer_to_agent(
+        self, chat_id: str, from_agent_id: str, to_agent_id: str
+    ) -> Chat:
+        async with self._transaction() as db:
+            chat = await _chat_of_agent(db, chat_id, from_agent_id)
+            if to_agent_id == from_agent_id:
+                raise TransferRefused(
+                    "the chat is yours already: pick another agent", "same_agent"
+                )
+            row = await _fetch_one(
+                db, _AGENT_LOAD_SELECT + " WHERE id = ?", (to_agent_id,)
+            )
+            if row is None:
+                raise NotFound(f"agent {to_agent_id!r} not found")
+            _check_can_take(_agent_load(row), chat["department"])
+            now = utc_now()
+            await db.execute(
+                "UPDATE chats SET agent_id = ?, assigned_at = ?,"
+                " agent_replied_at = NULL WHERE id = ?",
+                (to_agent_id, now, chat_id),
+            )
+            await db.execute(
+                "UPDATE agents SET last_assigned_at = ? WHERE id = ?",
+                (now, to_agent_id),
+            )
+            (moved,) = await _fetch_chats(db, [chat_id])
+        return moved
+
+    async def transfer_to_queue(
+        self, chat_id: str, from_agent_id: str, department: str | None
+    ) -> Chat:
+        async with self._transaction() as db:
+            await _chat_of_agent(db, chat_id, from_agent_id)
+            await db.execute(
+                "UPDATE chats SET department = ? WHERE id = ?", (department, chat_id)
+            )
+            await _requeue_at_front(db, [chat_id], passed_by=from_agent_id)
+            (moved,) = await _fetch_chats(db, [chat_id])
+        return moved
+
+    async def requeue_unanswered(self, assigned_before: str) -> list[tuple[Chat, str]]:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT id, agent_id FROM chats WHERE status = 'active'"
+                " AND agent_replied_at IS NULL AND assigned_at < ?"
+                " ORDER BY assigned_at, id",
+                (assigned_before,),
+            )
+            if not rows:
+                return []
+            left = {row["id"]: row["agent_id"] for row in rows}
+            # Each chat is passed by its own agent, so one UPDATE per chat.
+            for chat_id, agent_id in left.items():
+                await _requeue_at_front(db, [chat_id], passed_by=agent_id)
+            chats = await _fetch_chats(db, list(left))
+        return [(chat, left[chat.id]) for chat in chats]
+
+    async def miss_waiting(self, queued_before: str) -> list[Chat]:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "UPDATE chats SET status = 'missed', queue_rank = NULL, ended_at = ?,"
+                " ended_by = 'system', end_reason = 'queue_timeout'"
+                " WHERE status = 'queued' AND queued_at < ? RETURNING id",
+                (utc_now(), queued_before),
+            )
+            chats = await _fetch_chats(db, [row[0] for row in rows])
+        return chats
+
+    async def end_inactive(self, active_before: str) -> list[Chat]:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "UPDATE chats SET status = 'ended', ended_at = ?,"
+                " ended_by = 'system', end_reason = 'inactive'"
+                " WHERE status = 'active'"
+                " AND MAX(assigned_at, COALESCE(visitor_active_at, '')) < ?"
+                " RETURNING id",
+                (utc_now(), active_before),
+            )
+            chats = await _fetch_chats(db, [row[0] for row in rows])
+        return chats
+
+    async def leave_message(
+        self,
+        visitor: Visitor,
+        *,
+        department: str | None,
+        text: str,
+        client_id: str,
+    ) -> Chat:
+        sender = Sender(role="visitor", id=visitor.id, name=visitor.name)
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO visitors (id, name, email, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET name = excluded.name,"
+                " email = COALESCE(excluded.email, visitors.email)",
+                (visitor.id, visitor.name, visitor.email, visitor.created_at),
+            )
+            # A retry of the same message returns the chat it made.
+            retried = await _fetch_one(
+                db,
+                "SELECT c.id FROM messages m JOIN chats c ON c.id = m.chat_id"
+                " WHERE c.visitor_id = ? AND m.sender_id = ? AND m.client_id = ?"
+                " AND c.status = 'missed'",
+                (visitor.id, visitor.id, client_id),
+            )
+            if retried is not None:
+                (chat,) = await _fetch_chats(db, [retried[0]])
+                return chat
+            now = utc_now()
+            row = await _fetch_one(
+                db,
+                "SELECT id, status, last_seq FROM chats"
+                " WHERE visitor_id = ? AND status IN ('queued', 'active')",
+                (visitor.id,),
+            )
+            if row is not None and row["status"] == "active":
+                raise WrongState(
+                    "you are in a chat with an agent: send the message there"
+                )
+            if row is not None:
+                chat_id, seq = row["id"], int(row["last_seq"]) + 1
+                await db.execute(
+                    "UPDATE chats SET status = 'missed', queue_rank = NULL,"
+                    " department = COALESCE(?, department), ended_at = ?,"
+                    " ended_by = 'visitor', end_reason = 'left_message' WHERE id = ?",
+                    (department, now, chat_id),
+                )
+            else:
+                chat_id, seq = new_id(), 1
+                await db.execute(
+                    "INSERT INTO chats (id, visitor_id, status, department,"
+                    " created_at, ended_at, ended_by, end_reason)"
+                    " VALUES (?, ?, 'missed', ?, ?, ?, 'visitor', 'left_message')",
+                    (chat_id, visitor.id, department, now, now),
+                )
+            await _insert_message(db, chat_id, seq, sender, text, client_id)
+            (chat,) = await _fetch_chats(db, [chat_id])
+        return chat
+
+    async def answer_missed(
+        self, chat_id: str, sender: Sender, text: str, client_id: str
+    ) -> tuple[Message, bool]:
+        async with self._transaction() as db:
+            row = await _fetch_one(
+                db, "SELECT status, last_seq FROM chats WHERE id = ?", (chat_id,)
+            )
+            if row is None:
+                raise NotFound(f"chat {chat_id!r} not found")
+            if row["status"] != "missed":
+                raise WrongState(
+                    f"chat {chat_id!r} is {row['status']}: only missed chats are"
+                    " answered this way"
+                )
+            stored = await _fetch_one(
+                db,
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
+                (chat_id, sender.id, client_id),
+            )
+            if stored is not None:
+                return _message(stored), False
+            await db.execute(
+                "UPDATE chats SET agent_id = COALESCE(agent_id, ?) WHERE id = ?",
+                (sender.id, chat_id),
+            )
+            message = await _insert_message(
+                db, chat_id, int(row["last_seq"]) + 1, sender, text, client_id
+            )
+        return message, True
+
+    async def rate_chat(
+        self, chat_id: str, visitor_id: str, score: int, comment: str | None
+    ) -> Chat:
+        async with self._transaction() as db:
+            row = await _fetch_one(
+                db,
+                "SELECT visitor_id, agent_id, status, rated_at FROM chats WHERE id = ?",
+                (chat_id,),
+            )
+            if row is None:
+                raise NotFound(f"chat {chat_id!r} not found")
+            if row["visitor_id"] != visitor_id:
+                raise Forbidden(f"chat {chat_id!r} is not yours")
+            if row["status"] != "ended" or row["agent_id"] is None:
+                raise WrongState(
+                    "only a chat with an agent that has ended can be rated"
+                )
+            if row["rated_at"] is not None:
+                raise WrongState(f"chat {chat_id!r} is rated already")
+            await db.execute(
+                "UPDATE chats SET rating_score = ?, rating_comment = ?, rated_at = ?"
+                " WHERE id = ?",
+                (score, comment or None, utc_now(), chat_id),
+            )
+            (chat,) = await _fetch_chats(db, [chat_id])
+        return chat
+
+    async def recent_timings(self, limit: int) -> Timings:
+        waits = await self._read_all(
+            "SELECT queued_at, assigned_at FROM chats WHERE assigned_at IS NOT NULL"
+            " AND queued_at IS NOT NULL ORDER BY assigned_at DESC LIMIT ?",
+            (limit,),
+        )
+        durations = await self._read_all(
+            "SELECT assigned_at, ended_at FROM chats WHERE status = 'ended'"
+            " AND assigned_at IS NOT NULL AND agent_id IS NOT NULL"
+            " ORDER BY ended_at DESC LIMIT ?",
+            (limit,),
+        )
+        return Timings(
+            waits=[_seconds_between(row[0], row[1]) for row in reversed(waits)],
+            durations=[_seconds_between(row[0], row[1]) for row in reversed(durations)],
+        )
+
     async def queue_position(self, chat_id: str) -> int:
         row = await self._read_one(
-            "SELECT COUNT(*) FROM chats WHERE status = 'queued' AND queue_rank <="
-            " (SELECT queue_rank FROM chats WHERE id = ? AND status = 'queued')",
+            "SELECT COUNT(*) FROM chats q,"
+            " (SELECT queue_rank, department FROM chats"
+            "  WHERE id = ? AND status = 'queued') me"
+            " WHERE q.status = 'queued' AND q.department IS me.department"
+            " AND q.queue_rank <= me.queue_rank",
             (chat_id,),
         )
         return int(row[0]) if row else 0
 
     async def queue_entries(self) -> list[QueueEntry]:
         rows = await self._read_all(
-            "SELECT id, visitor_id, queued_at FROM chats WHERE status = 'queued'"
-            " ORDER BY queue_rank"
+            "SELECT id, visitor_id, queued_at, department FROM chats"
+            " WHERE status = 'queued' ORDER BY queue_rank"
         )
-        return [QueueEntry(chat_id=r[0], visitor_id=r[1], queued_at=r[2]) for r in rows]
+        return [
+            QueueEntry(chat_id=r[0], visitor_id=r[1], queued_at=r[2], department=r[3])
+            for r in rows
+        ]
 
     async def people_with_open_state(self) -> tuple[list[str], list[str]]:
         visitors = await self._read_all(
@@ -569,6 +849,98 @@ class SQLiteStore(Store):
         )
         return [_message(row) for row in rows[:limit]], len(rows) > limit
 
+    # Notes
+
+    async def add_note(
+        self, chat_id: str, author: Sender, text: str, client_id: str
+    ) -> tuple[Note, bool]:
+        note_id = new_id()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO notes (id, chat_id, author_id, author_name, text,"
+                " client_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (chat_id, author_id, client_id) DO NOTHING",
+                (note_id, chat_id, author.id, author.name, text, client_id, utc_now()),
+            )
+            created = cursor.rowcount == 1
+            row = await _fetch_one(
+                db,
+                f"SELECT {_NOTE_COLUMNS} FROM notes"
+                " WHERE chat_id = ? AND author_id = ? AND client_id = ?",
+                (chat_id, author.id, client_id),
+            )
+        assert row is not None
+        return _note(row), created
+
+    async def list_notes(self, chat_id: str) -> list[Note]:
+        rows = await self._read_all(
+            f"SELECT {_NOTE_COLUMNS} FROM notes WHERE chat_id = ?"
+            " ORDER BY created_at, rowid",
+            (chat_id,),
+        )
+        return [_note(row) for row in rows]
+
+    # Canned responses
+
+    async def list_canned(self) -> list[CannedResponse]:
+        rows = await self._read_all(
+            f"SELECT {_CANNED_COLUMNS} FROM canned_responses ORDER BY shortcut"
+        )
+        return [_canned(row) for row in rows]
+
+    async def create_canned(
+        self, shortcut: str, text: str, created_by: str
+    ) -> CannedResponse:
+        canned_id, now = new_id(), utc_now()
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    f"INSERT INTO canned_responses ({_CANNED_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (canned_id, shortcut, text, created_by, now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise WrongState(f"shortcut {shortcut!r} is taken") from exc
+            row = await _fetch_one(
+                db,
+                f"SELECT {_CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
+                (canned_id,),
+            )
+        assert row is not None
+        return _canned(row)
+
+    async def update_canned(
+        self, canned_id: str, shortcut: str, text: str
+    ) -> CannedResponse:
+        async with self._transaction() as db:
+            try:
+                cursor = await db.execute(
+                    "UPDATE canned_responses SET shortcut = ?, text = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (shortcut, text, utc_now(), canned_id),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise WrongState(f"shortcut {shortcut!r} is taken") from exc
+            if cursor.rowcount == 0:
+                raise NotFound(f"canned response {canned_id!r} not found")
+            row = await _fetch_one(
+                db,
+                f"SELECT {_CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
+                (canned_id,),
+            )
+        assert row is not None
+        return _canned(row)
+
+    async def delete_canned(self, canned_id: str) -> None:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM canned_responses WHERE id = ?", (canned_id,)
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"canned response {canned_id!r} not found")
+
+    # Read marks
+
     async def set_read_mark(
         self, chat_id: str, role: SenderRole, reader_id: str, seq: int
     ) -> int:
@@ -608,7 +980,7 @@ _INSERT_MESSAGE = (
     " sender_name, text, client_id, created_at)"
     " SELECT :id, c.id, c.last_seq + 1, :role, :sender_id, :name, :text,"
     " :client_id, :created_at FROM chats c"
-    " WHERE c.id = :chat_id AND c.status != 'ended'"
+    " WHERE c.id = :chat_id AND c.status IN ('queued', 'active')"
     " AND (CASE :role WHEN 'visitor' THEN c.visitor_id"
     " ELSE c.agent_id END) = :sender_id"
     " ON CONFLICT (chat_id, sender_id, client_id) DO NOTHING"
@@ -617,10 +989,94 @@ _INSERT_MESSAGE = (
 # Messages committed together at most; a bound keeps one slow batch short.
 MESSAGE_BATCH = 256
 
-_AGENT_SELECT = (
-    "SELECT id, email, name, password_hash, is_admin, status, max_chats, created_at"
+_AGENT_FIELDS = (
+    "id",
+    "email",
+    "name",
+    "password_hash",
+    "is_admin",
+    "status",
+    "max_chats",
+    "created_at",
+    "departments",
+)
+_AGENT_SELECT = f"SELECT {', '.join(_AGENT_FIELDS)} FROM agents"
+_AGENT_LOAD_SELECT = (
+    f"SELECT {', '.join(_AGENT_FIELDS)}, connected,"
+    " (SELECT COUNT(*) FROM chats c WHERE c.agent_id = agents.id"
+    "  AND c.status = 'active') AS load"
     " FROM agents"
 )
+_NOTE_COLUMNS = "id, chat_id, author_id, author_name, text, client_id, created_at"
+_CANNED_COLUMNS = "id, shortcut, text, created_by, created_at, updated_at"
+
+
+def _agent_load(row: sqlite3.Row) -> AgentLoad:
+    return AgentLoad(
+        agent=_agent(row), load=int(row["load"]), connected=bool(row["connected"])
+    )
+
+
+def _check_can_take(target: AgentLoad, department: str | None) -> None:
+    """Raise `TransferRefused` when `target` cannot take a chat right now."""
+    agent = target.agent
+    if not target.connected:
+        raise TransferRefused(f"{agent.name} is offline", "agent_offline")
+    if agent.status != "ready":
+        raise TransferRefused(f"{agent.name} is away", "agent_away")
+    if target.load >= agent.max_chats:
+        raise TransferRefused(
+            f"{agent.name} has {target.load} of {agent.max_chats} chats open",
+            "agent_full",
+        )
+    if (
+        department is not None
+        and agent.departments is not None
+        and department not in agent.departments
+    ):
+        raise TransferRefused(
+            f"{agent.name} does not serve department {department!r}", "department"
+        )
+
+
+async def _chat_of_agent(
+    db: aiosqlite.Connection, chat_id: str, agent_id: str
+) -> sqlite3.Row:
+    """Return the active chat's row, checking that `agent_id` holds it."""
+    row = await _fetch_one(
+        db, "SELECT agent_id, status, department FROM chats WHERE id = ?", (chat_id,)
+    )
+    if row is None:
+        raise NotFound(f"chat {chat_id!r} not found")
+    if row["agent_id"] != agent_id:
+        raise Forbidden(f"chat {chat_id!r} is not yours")
+    if row["status"] != "active":
+        raise WrongState(f"chat {chat_id!r} is {row['status']}, not active")
+    return row
+
+
+async def _requeue_at_front(
+    db: aiosqlite.Connection, chat_ids: list[str], *, passed_by: str | None
+) -> None:
+    """Queue the chats ahead of every waiting one, keeping their order."""
+    if not chat_ids:
+        return
+    front = await _fetch_one(
+        db, "SELECT COALESCE(MIN(queue_rank), 1) FROM chats WHERE status = 'queued'"
+    )
+    assert front is not None
+    first_rank, now = int(front[0]) - len(chat_ids), utc_now()
+    for offset, chat_id in enumerate(chat_ids):
+        await db.execute(
+            "UPDATE chats SET status = 'queued', agent_id = NULL, assigned_at = NULL,"
+            " agent_replied_at = NULL, queue_rank = ?, queued_at = ?, passed_by = ?"
+            " WHERE id = ?",
+            (first_rank + offset, now, passed_by, chat_id),
+        )
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (parse_time(end) - parse_time(start)).total_seconds()
 
 
 async def _fetch_one(
