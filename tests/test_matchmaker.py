@@ -82,3 +82,28 @@ def test_department_filter() -> None:
     waiting = [WaitingChat("c1", "billing"), WaitingChat("c2", "sales")]
     plan = plan_assignments(waiting, agents)
     assert plan == [Assignment("c1", "any"), Assignment("c2", "sales")]
+
+
+def test_unserved_department_keeps_its_place() -> None:
+    agents = [AgentSlot("sales", load=0, max_chats=2, departments=frozenset({"sales"}))]
+    waiting = [WaitingChat("c1", "billing"), WaitingChat("c2", "sales")]
+    assert plan_assignments(waiting, agents) == [Assignment("c2", "sales")]
+
+
+def test_longest_waiting_first_across_departments() -> None:
+    agents = [AgentSlot("both", load=0, max_chats=1)]
+    waiting = [WaitingChat("old", "billing"), WaitingChat("new", "sales")]
+    assert plan_assignments(waiting, agents) == [Assignment("old", "both")]
+
+
+def test_passing_agent_does_not_get_chat_back() -> None:
+    agents = [AgentSlot("a", load=0, max_chats=2), AgentSlot("b", load=1, max_chats=2)]
+    waiting = [WaitingChat("c1", passed_by="a"), WaitingChat("c2")]
+    plan = plan_assignments(waiting, agents)
+    assert plan == [Assignment("c1", "b"), Assignment("c2", "a")]
+
+
+def test_passed_chat_waits_when_only_its_agent_is_free() -> None:
+    agents = [AgentSlot("a", load=0, max_chats=1)]
+    waiting = [WaitingChat("c1", passed_by="a"), WaitingChat("c2")]
+    assert plan_assignments(waiting, agents) == [Assignment("c2", "a")]

@@ -130,3 +130,76 @@ async def test_read_mark_only_rises(store: SQLiteStore) -> None:
     assert await store.set_read_mark(chat_id, "visitor", visitor.id, 1) == 3
     assert await store.get_read_mark(chat_id, "visitor", visitor.id) == 3
     assert await store.get_read_mark(chat_id, "agent", "nobody") == 0
+
+
+async def test_upgrade_keeps_chats_and_messages(tmp_path: Path) -> None:
+    """A database made by the first two migrations keeps its data on upgrade."""
+    path = tmp_path / "chat.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    for version, name, sql in load_migrations("sqlite")[:2]:
+        for statement in _split_sql(sql):
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, utc_now())
+        )
+    now = utc_now()
+    db.execute("INSERT INTO visitors VALUES ('v1', 'Vera', NULL, ?)", (now,))
+    db.execute(
+        "INSERT INTO chats (id, visitor_id, status, queue_rank, created_at,"
+        " queued_at) VALUES ('c1', 'v1', 'queued', 1, ?, ?)",
+        (now, now),
+    )
+    db.execute(
+        "INSERT INTO messages VALUES ('m1', 'c1', 1, 'visitor', 'v1', 'Vera',"
+        " 'hello', 'x1', ?)",
+        (now,),
+    )
+    db.commit()
+    db.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        chat = await store.get_chat("c1")
+        assert chat is not None
+        assert (chat.status, chat.last_seq) == ("queued", 1)
+        messages, _ = await store.list_messages("c1")
+        assert [m.text for m in messages] == ["hello"]
+        # The rebuilt table still advances last_seq and takes new statuses.
+        visitor = Sender("visitor", "v1", "Vera")
+        message, _ = await store.add_message("c1", visitor, "again", "x2")
+        assert message.seq == 2
+        missed = await store.miss_waiting(utc_now())
+        assert [c.status for c in missed] == ["missed"]
+    finally:
+        await store.close()
+    check = sqlite3.connect(path).execute("PRAGMA foreign_key_check").fetchall()
+    assert check == []
+
+
+async def test_timeouts_fire_once(store: SQLiteStore) -> None:
+    chat_id, visitor, agent = await active_chat(store)
+    later = "9999-12-31T00:00:00.000Z"
+    requeued = await store.requeue_unanswered(later)
+    assert [(chat.id, left) for chat, left in requeued] == [(chat_id, agent.id)]
+    assert await store.requeue_unanswered(later) == []
+    # The agent who let it go does not get it back.
+    assert await store.assign_waiting() == []
+    assert [c.id for c in await store.miss_waiting(later)] == [chat_id]
+    assert await store.miss_waiting(later) == []
+    with pytest.raises(WrongState):
+        await store.add_message(chat_id, visitor, "late", "v9")
+
+
+async def test_reply_keeps_the_chat(store: SQLiteStore) -> None:
+    chat_id, _, agent = await active_chat(store)
+    await store.add_message(chat_id, agent, "hello", "a1")
+    assert await store.requeue_unanswered("9999-12-31T00:00:00.000Z") == []
+    # The visitor spoke before the assignment only, so inactivity ends it.
+    ended = await store.end_inactive("9999-12-31T00:00:00.000Z")
+    assert [(c.id, c.end_reason) for c in ended] == [(chat_id, "inactive")]
+    assert await store.end_inactive("9999-12-31T00:00:00.000Z") == []
