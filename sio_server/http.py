@@ -192,11 +192,11 @@ async def list_agents(request: web.Request) -> web.Response:
     return web.json_response({"agents": [item.to_wire() for item in loads]})
 
 
-async def answer_missed(request: web.Request) -> web.Response:
-    """Store an agent's answer to a missed chat and send it to the visitor."""
+async def reply_to_missed(request: web.Request) -> web.Response:
+    """Store an agent's reply to a missed chat and send it to the visitor."""
     claims = await _agent_claims(request)
     body = schemas.parse_object(schemas.MissedReply, await _json_body(request))
-    message, mailed = await request.app[SERVICE_KEY].answer_missed(
+    message, mailed = await request.app[SERVICE_KEY].reply_to_missed(
         claims.subject, request.match_info["chat_id"], body.text, body.client_id
     )
     return web.json_response(
@@ -262,7 +262,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/login", login)
     app.router.add_get("/api/chats", list_chats)
     app.router.add_get("/api/chats/{chat_id}/messages", chat_messages)
-    app.router.add_post("/api/chats/{chat_id}/reply", answer_missed)
+    app.router.add_post("/api/chats/{chat_id}/reply", reply_to_missed)
     app.router.add_get("/api/departments", departments)
     app.router.add_get("/api/agents", list_agents)
     app.router.add_get("/api/canned-responses", list_canned)

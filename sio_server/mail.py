@@ -1,4 +1,4 @@
-"""Outgoing mail for answers to missed chats, behind an interface.
+"""Outgoing mail for replies to missed chats, behind an interface.
 
 The server ships without a mail transport: `LogMailer` records that a mail
 would go out, without its text, and reports it as not sent. A deployment that
@@ -26,7 +26,7 @@ class LogMailer(Mailer):
 
     async def send(self, to: str, subject: str, body: str) -> bool:
         logger.info(
-            "no mail transport is set up: an answer for a visitor (%d characters)"
+            "no mail transport is set up: a reply to a visitor (%d characters)"
             " was stored but not mailed",
             len(body),
         )

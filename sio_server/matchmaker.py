@@ -62,7 +62,7 @@ def plan_assignments(
 
     The queue is walked in order, whatever the departments, so across
     departments the chat that has waited longest is served first. A chat goes
-    to an agent who serves its department and did not pass it back; among
+    to an agent who serves its department and did not pass it back. Among
     those with a free slot, the one with the fewest open chats wins, and a tie
     goes to the agent whose last assignment is the oldest. No agent is given
     more than `max_chats` chats in total. A chat that no free agent can take

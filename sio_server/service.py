@@ -414,7 +414,7 @@ class ChatService:
     async def leave_message(
         self, connection: Connection, payload: schemas.LeaveMessage
     ) -> dict[str, Any]:
-        """Store a message for agents to answer later, with the visitor's email."""
+        """Store a message for agents to reply to later, with the visitor's email."""
         require_role(connection, "visitor", "leave_message")
         self._check_department(payload.department)
         client_id = payload.client_id or _text_client_id("leave", payload.text)
@@ -496,11 +496,19 @@ class ChatService:
     ) -> dict[str, Any]:
         """Hand an active chat to another agent, or back to a department's queue."""
         require_role(connection, "agent", "transfer_chat")
-        if (payload.agent_id is None) == (payload.department is None):
-            raise InvalidPayload("give exactly one of agent_id and department")
+        # `"department": null` names the general queue, so an explicit null
+        # counts as given.
+        to_queue = "department" in payload.model_fields_set
+        if (payload.agent_id is not None) == to_queue:
+            raise InvalidPayload(
+                "give exactly one of agent_id and department (null for the"
+                " general queue)"
+            )
         self._check_department(payload.department)
+
         old_agent = connection.person_id
-        people = sorted({f"agent:{old_agent}", f"agent:{payload.agent_id or ''}"})
+        agents = {old_agent} | ({payload.agent_id} if payload.agent_id else set())
+        people = sorted(f"agent:{agent_id}" for agent_id in agents)
         async with self._chat_locks.hold(payload.chat_id), AsyncExitStack() as stack:
             # Hold both agents' connects back, so a socket that connects right
             # now enters the rooms of the chats it has after the transfer.
@@ -514,48 +522,56 @@ class ChatService:
                 chat = await self.store.transfer_to_queue(
                     payload.chat_id, old_agent, payload.department
                 )
-            room = chat_room(chat.id)
-            for sid in self.presence.sockets(("agent", old_agent)):
-                await self.sio.leave_room(sid, room)
-            to = None
-            if chat.agent_id is not None:
-                to = {"id": chat.agent_id, "name": chat.agent_name}
-            await self.sio.emit(
-                "chat_removed",
-                {"chat_id": chat.id, "reason": "transferred", "to": to},
-                room=person_room("agent", old_agent),
-            )
-            if to is not None:
-                await self.sio.emit(
-                    "chat_transferred",
-                    {"chat_id": chat.id, "agent": to},
-                    room=person_room("visitor", chat.visitor_id),
-                )
-                await self._start_for_agent(
-                    chat, transferred_from={"id": old_agent, "name": connection.name}
-                )
-            else:
-                await self.sio.emit(
-                    "chat_requeued",
-                    {
-                        "chat_id": chat.id,
-                        "reason": "transferred",
-                        "department": chat.department,
-                    },
-                    room=person_room("visitor", chat.visitor_id),
-                )
-                self._sent_positions.pop(chat.id, None)
+            await self._hand_over(chat, old_agent, "transferred", connection.name)
+
         self.metrics.chat_events.labels("transferred").inc()
         logger.info(
             "transferred chat=%s from agent=%s to %s",
             chat.id,
             old_agent,
-            f"agent={chat.agent_id}" if to else f"queue={chat.department or 'general'}",
+            (
+                f"agent={chat.agent_id}"
+                if chat.agent_id
+                else f"queue={chat.department or 'general'}"
+            ),
         )
         # The old agent has a free slot, and a queued chat may be waiting.
         self._matcher.request()
         self._queue_notifier.request()
         return reply(chat=chat.to_wire())
+
+    async def _hand_over(
+        self, chat: Chat, old_agent: str, reason: str, old_name: str = ""
+    ) -> None:
+        """Tell everyone that a chat left `old_agent` for a new agent or the queue."""
+        # The caller has the chat lock.
+        room = chat_room(chat.id)
+        for sid in self.presence.sockets(("agent", old_agent)):
+            await self.sio.leave_room(sid, room)
+        to = None
+        if chat.agent_id is not None:
+            to = {"id": chat.agent_id, "name": chat.agent_name}
+        await self.sio.emit(
+            "chat_removed",
+            {"chat_id": chat.id, "reason": reason, "to": to},
+            room=person_room("agent", old_agent),
+        )
+
+        visitor_room = person_room("visitor", chat.visitor_id)
+        if to is not None:
+            await self.sio.emit(
+                "chat_transferred", {"chat_id": chat.id, "agent": to}, room=visitor_room
+            )
+            await self._start_for_agent(
+                chat, transferred_from={"id": old_agent, "name": old_name}
+            )
+            return
+        await self.sio.emit(
+            "chat_requeued",
+            {"chat_id": chat.id, "reason": reason, "department": chat.department},
+            room=visitor_room,
+        )
+        self._sent_positions.pop(chat.id, None)
 
     async def _start_for_agent(
         self, chat: Chat, transferred_from: dict[str, str] | None = None
@@ -608,12 +624,12 @@ class ChatService:
         notes = await self.store.list_notes(chat.id)
         return reply(notes=[note.to_wire() for note in notes])
 
-    async def answer_missed(
+    async def reply_to_missed(
         self, agent_id: str, chat_id: str, text: str, client_id: str | None
     ) -> tuple[Message, bool]:
-        """Store an agent's answer to a missed chat and pass it on to the visitor.
+        """Store an agent's reply to a missed chat and pass it on to the visitor.
 
-        The answer goes by mail to the address the visitor left, and to the
+        The reply goes by mail to the address the visitor left, and to the
         visitor's sockets when any is connected. Return the message and whether
         a mail transport accepted it.
         """
@@ -622,8 +638,8 @@ class ChatService:
             raise Unauthorized("agent token names an unknown agent")
         sender = Sender("agent", agent.id, agent.name)
         async with self._chat_locks.hold(chat_id):
-            message, created = await self.store.answer_missed(
-                chat_id, sender, text, client_id or _text_client_id("answer", text)
+            message, created = await self.store.reply_to_missed(
+                chat_id, sender, text, client_id or _text_client_id("reply", text)
             )
             chat = await self.store.get_chat(chat_id)
             assert chat is not None
@@ -634,7 +650,7 @@ class ChatService:
                 message.to_wire(),
                 room=person_room("visitor", chat.visitor_id),
             )
-        logger.info("answered missed chat=%s agent=%s", chat.id, agent.id)
+        logger.info("replied to missed chat=%s agent=%s", chat.id, agent.id)
         if chat.visitor_email is None:
             return message, False
         mailed = await self.mailer.send(
@@ -905,7 +921,7 @@ class ChatService:
             cutoff = format_time(
                 now - timedelta(seconds=settings.agent_reply_timeout_s)
             )
-            for chat, agent_id in await self.store.requeue_unanswered(cutoff):
+            for chat, agent_id in await self.store.requeue_unreplied(cutoff):
                 await self._take_back(chat, agent_id, "no_reply")
         if settings.visitor_idle_timeout_s:
             cutoff = format_time(
@@ -918,20 +934,7 @@ class ChatService:
     async def _take_back(self, chat: Chat, agent_id: str, reason: str) -> None:
         """Tell both sides that a requeued chat left its agent."""
         async with self._chat_locks.hold(chat.id):
-            room = chat_room(chat.id)
-            for sid in self.presence.sockets(("agent", agent_id)):
-                await self.sio.leave_room(sid, room)
-            await self.sio.emit(
-                "chat_removed",
-                {"chat_id": chat.id, "reason": reason, "to": None},
-                room=person_room("agent", agent_id),
-            )
-            await self.sio.emit(
-                "chat_requeued",
-                {"chat_id": chat.id, "reason": reason, "department": chat.department},
-                room=person_room("visitor", chat.visitor_id),
-            )
-            self._sent_positions.pop(chat.id, None)
+            await self._hand_over(chat, agent_id, reason)
         self.metrics.chat_events.labels("requeued").inc()
         logger.info(
             "requeued chat=%s from agent=%s reason=%s", chat.id, agent_id, reason

@@ -184,9 +184,9 @@ async def test_upgrade_keeps_chats_and_messages(tmp_path: Path) -> None:
 async def test_timeouts_fire_once(store: SQLiteStore) -> None:
     chat_id, visitor, agent = await active_chat(store)
     later = "9999-12-31T00:00:00.000Z"
-    requeued = await store.requeue_unanswered(later)
+    requeued = await store.requeue_unreplied(later)
     assert [(chat.id, left) for chat, left in requeued] == [(chat_id, agent.id)]
-    assert await store.requeue_unanswered(later) == []
+    assert await store.requeue_unreplied(later) == []
     # The agent who let it go does not get it back.
     assert await store.assign_waiting() == []
     assert [c.id for c in await store.miss_waiting(later)] == [chat_id]
@@ -198,7 +198,7 @@ async def test_timeouts_fire_once(store: SQLiteStore) -> None:
 async def test_reply_keeps_the_chat(store: SQLiteStore) -> None:
     chat_id, _, agent = await active_chat(store)
     await store.add_message(chat_id, agent, "hello", "a1")
-    assert await store.requeue_unanswered("9999-12-31T00:00:00.000Z") == []
+    assert await store.requeue_unreplied("9999-12-31T00:00:00.000Z") == []
     # The visitor spoke before the assignment only, so inactivity ends it.
     ended = await store.end_inactive("9999-12-31T00:00:00.000Z")
     assert [(c.id, c.end_reason) for c in ended] == [(chat_id, "inactive")]

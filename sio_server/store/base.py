@@ -163,11 +163,11 @@ class Store(ABC):
     ) -> Chat:
         """Give an active chat of `from_agent_id` to another agent.
 
-        Checks and change happen in one transaction: raise `NotFound` for an
-        unknown chat or target, `Forbidden` when the chat is not the caller's,
-        `WrongState` when it is not active, and `TransferRefused` when the
-        target is the caller, offline, away, full, or does not serve the
-        chat's department.
+        The checks and the change happen in one transaction. Raise `NotFound`
+        for an unknown chat or target, `Forbidden` when the chat is not the
+        caller's, and `WrongState` when it is not active. Raise
+        `TransferRefused` when the target is the caller, offline, away or full,
+        or does not serve the chat's department.
         """
 
     @abstractmethod
@@ -181,7 +181,7 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def requeue_unanswered(self, assigned_before: str) -> list[tuple[Chat, str]]:
+    async def requeue_unreplied(self, assigned_before: str) -> list[tuple[Chat, str]]:
         """Requeue active chats whose agent has not replied since `assigned_before`.
 
         Each goes to the front of the queue and its agent will not get it back
@@ -205,19 +205,19 @@ class Store(ABC):
         text: str,
         client_id: str,
     ) -> Chat:
-        """Store a message for agents to answer later, as a `missed` chat.
+        """Store a message for agents to reply to later, as a `missed` chat.
 
         The visitor's queued chat becomes that chat; otherwise a new one is
         made. Raise `WrongState` when the visitor has an active chat.
         """
 
     @abstractmethod
-    async def answer_missed(
+    async def reply_to_missed(
         self, chat_id: str, sender: Sender, text: str, client_id: str
     ) -> tuple[Message, bool]:
-        """Store an agent's answer to a missed chat; the chat keeps its status.
+        """Store an agent's reply to a missed chat; the chat keeps its status.
 
-        A chat without agent takes the answering one. Raise `NotFound` or
+        A chat without agent takes the replying one. Raise `NotFound` or
         `WrongState` for a chat that is not missed. The flag is false for a
         repeated `client_id`.
         """

@@ -559,7 +559,7 @@ class SQLiteStore(Store):
             (moved,) = await _fetch_chats(db, [chat_id])
         return moved
 
-    async def requeue_unanswered(self, assigned_before: str) -> list[tuple[Chat, str]]:
+    async def requeue_unreplied(self, assigned_before: str) -> list[tuple[Chat, str]]:
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
                 "SELECT id, agent_id FROM chats WHERE status = 'active'"
@@ -659,7 +659,7 @@ class SQLiteStore(Store):
             (chat,) = await _fetch_chats(db, [chat_id])
         return chat
 
-    async def answer_missed(
+    async def reply_to_missed(
         self, chat_id: str, sender: Sender, text: str, client_id: str
     ) -> tuple[Message, bool]:
         async with self._transaction() as db:
@@ -671,7 +671,7 @@ class SQLiteStore(Store):
             if row["status"] != "missed":
                 raise WrongState(
                     f"chat {chat_id!r} is {row['status']}: only missed chats are"
-                    " answered this way"
+                    " replied to this way"
                 )
             stored = await _fetch_one(
                 db,
@@ -1042,7 +1042,7 @@ def _check_can_take(target: AgentLoad, department: str | None) -> None:
 async def _chat_of_agent(
     db: aiosqlite.Connection, chat_id: str, agent_id: str
 ) -> sqlite3.Row:
-    """Return the active chat's row, checking that `agent_id` holds it."""
+    """Return the active chat's row, checking that it is assigned to `agent_id`."""
     row = await _fetch_one(
         db, "SELECT agent_id, status, department FROM chats WHERE id = ?", (chat_id,)
     )
