@@ -891,7 +891,17 @@ class ChatService:
         if entries:
             oldest_at = min(parse_time(entry.queued_at) for entry in entries)
             oldest = round((datetime.now(UTC) - oldest_at).total_seconds(), 3)
-        return {"queued": len(entries), "oldest_wait_s": oldest}
+        counts: dict[str | None, int] = {}
+        for entry in entries:
+            counts[entry.department] = counts.get(entry.department, 0) + 1
+        return {
+            "queued": len(entries),
+            "oldest_wait_s": oldest,
+            "departments": [
+                {"department": department, "queued": count}
+                for department, count in counts.items()
+            ],
+        }
 
     # Timeouts
 

@@ -204,6 +204,10 @@ class SQLiteStore(Store):
         rows = await self._reader.execute_fetchall(sql, tuple(params))
         return list(rows)
 
+    async def _any(self, condition: str, *params: Any) -> bool:
+        """Tell whether a row matches, without taking the write lock."""
+        return await self._read_one(f"SELECT 1 {condition} LIMIT 1", params) is not None
+
     async def _read_one(
         self, sql: str, params: Iterable[Any] = ()
     ) -> sqlite3.Row | None:
@@ -560,11 +564,11 @@ class SQLiteStore(Store):
         return moved
 
     async def requeue_unreplied(self, assigned_before: str) -> list[tuple[Chat, str]]:
+        if not await self._any(_UNREPLIED, assigned_before):
+            return []
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
-                "SELECT id, agent_id FROM chats WHERE status = 'active'"
-                " AND agent_replied_at IS NULL AND assigned_at < ?"
-                " ORDER BY assigned_at, id",
+                f"SELECT id, agent_id {_UNREPLIED} ORDER BY assigned_at, id",
                 (assigned_before,),
             )
             if not rows:
@@ -577,24 +581,26 @@ class SQLiteStore(Store):
         return [(chat, left[chat.id]) for chat in chats]
 
     async def miss_waiting(self, queued_before: str) -> list[Chat]:
+        if not await self._any(_WAITING_TOO_LONG, queued_before):
+            return []
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
                 "UPDATE chats SET status = 'missed', queue_rank = NULL, ended_at = ?,"
                 " ended_by = 'system', end_reason = 'queue_timeout'"
-                " WHERE status = 'queued' AND queued_at < ? RETURNING id",
+                f" WHERE id IN (SELECT id {_WAITING_TOO_LONG}) RETURNING id",
                 (utc_now(), queued_before),
             )
             chats = await _fetch_chats(db, [row[0] for row in rows])
         return chats
 
     async def end_inactive(self, active_before: str) -> list[Chat]:
+        if not await self._any(_VISITOR_SILENT, active_before):
+            return []
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
                 "UPDATE chats SET status = 'ended', ended_at = ?,"
                 " ended_by = 'system', end_reason = 'inactive'"
-                " WHERE status = 'active'"
-                " AND MAX(assigned_at, COALESCE(visitor_active_at, '')) < ?"
-                " RETURNING id",
+                f" WHERE id IN (SELECT id {_VISITOR_SILENT}) RETURNING id",
                 (utc_now(), active_before),
             )
             chats = await _fetch_chats(db, [row[0] for row in rows])
@@ -985,6 +991,17 @@ _INSERT_MESSAGE = (
     " ELSE c.agent_id END) = :sender_id"
     " ON CONFLICT (chat_id, sender_id, client_id) DO NOTHING"
     " RETURNING seq"
+)
+# Chats due for a timeout, given the cutoff time. The timer checks read these
+# first, so a check that finds nothing costs no write transaction.
+_UNREPLIED = (
+    "FROM chats WHERE status = 'active' AND agent_replied_at IS NULL"
+    " AND assigned_at < ?"
+)
+_WAITING_TOO_LONG = "FROM chats WHERE status = 'queued' AND queued_at < ?"
+_VISITOR_SILENT = (
+    "FROM chats WHERE status = 'active'"
+    " AND MAX(assigned_at, COALESCE(visitor_active_at, '')) < ?"
 )
 # Messages committed together at most; a bound keeps one slow batch short.
 MESSAGE_BATCH = 256
