@@ -198,6 +198,14 @@ class Ours(Target):
             # Long grace periods: a storm's sockets must find their chats.
             CHAT_VISITOR_GRACE_S="600",
             CHAT_AGENT_GRACE_S="600",
+            # Every load generator socket comes from 127.0.0.1 and sends far
+            # faster than a person, and the largest runs hold 10,000 sockets
+            # and queue 2,000 visitors.
+            CHAT_LIMIT_CONNECT_PER_IP="off",
+            CHAT_LIMIT_EVENTS_PER_SOCKET="off",
+            CHAT_LIMIT_MESSAGES_PER_VISITOR="off",
+            CHAT_MAX_CONNECTIONS="100000",
+            CHAT_MAX_QUEUE="100000",
         )
         return env
 

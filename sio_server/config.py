@@ -10,7 +10,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from limits import RateLimitItem
+
 from .errors import ConfigError
+from .ratelimit import parse_limit
 
 PREFIX = "CHAT_"
 SECRET_KEY_FILE = "secret_key"
@@ -56,6 +59,24 @@ class Settings:
     agent_reply_timeout_s: float = 0.0
     visitor_idle_timeout_s: float = 1800.0
     timer_interval_s: float = 1.0
+    # Rate limits as `limits` strings, such as "20/second;600/minute"; "off"
+    # turns one off.
+    limit_connect_per_ip: tuple[RateLimitItem, ...] = parse_limit("120/minute")
+    limit_events_per_socket: tuple[RateLimitItem, ...] = parse_limit(
+        "20/second;600/minute"
+    )
+    limit_messages_per_visitor: tuple[RateLimitItem, ...] = parse_limit(
+        "10/second;120/minute"
+    )
+    limit_login_per_account: tuple[RateLimitItem, ...] = parse_limit("5/minute;30/hour")
+    limit_login_per_ip: tuple[RateLimitItem, ...] = parse_limit("30/minute")
+    max_sockets_per_visitor: int = 10
+    max_sockets_per_agent: int = 20
+    max_queue: int = 1000
+    max_connections: int = 10_000
+    # Take the client address from the last X-Forwarded-For entry, which the
+    # reverse proxy in front of the server appends.
+    trust_forwarded_for: bool = False
 
     @property
     def department_ids(self) -> frozenset[str]:
@@ -178,6 +199,16 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "agent_reply_timeout_s": _parse_timeout,
     "visitor_idle_timeout_s": _parse_timeout,
     "timer_interval_s": _parse_positive_float,
+    "limit_connect_per_ip": parse_limit,
+    "limit_events_per_socket": parse_limit,
+    "limit_messages_per_visitor": parse_limit,
+    "limit_login_per_account": parse_limit,
+    "limit_login_per_ip": parse_limit,
+    "max_sockets_per_visitor": _parse_positive_int,
+    "max_sockets_per_agent": _parse_positive_int,
+    "max_queue": _parse_positive_int,
+    "max_connections": _parse_positive_int,
+    "trust_forwarded_for": _parse_switch,
 }
 
 

@@ -65,8 +65,17 @@ class TransferRefused(WrongState):
 
 
 class RateLimited(ChatError):
+    """A limit was reached; the client may retry after `retry_after_s` seconds."""
+
     code = "rate_limited"
     http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "retry_after_s": self.retry_after_s}
 
 
 class PayloadTooLarge(ChatError):

@@ -11,6 +11,7 @@ import socketio
 from . import schemas
 from .errors import ChatError, Forbidden, InvalidAuth, InvalidPayload
 from .presence import Connection
+from .ratelimit import client_address
 from .service import ChatService
 
 logger = logging.getLogger("sio_server.events")
@@ -44,7 +45,10 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
         sio.on(name, _make_handler(service, name, model, handler))
 
     async def connect(sid: str, environ: Any, auth: Any = None) -> bool:
-        await _connect(service, sid, auth)
+        address = client_address(
+            environ["aiohttp.request"], service.settings.trust_forwarded_for
+        )
+        await _connect(service, sid, auth, address)
         # The client may have closed the connection while the handler awaited
         # the store. python-socketio then never calls the disconnect handler,
         # so the socket is forgotten here instead.
@@ -63,6 +67,10 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
 
     async def unknown_event(event: Any, sid: str, *args: Any) -> dict[str, Any]:
         name = str(event)[:64]
+        try:
+            service.limiter.check(service.event_limit, sid)
+        except ChatError as exc:
+            return error_reply(exc)
         logger.warning("sid=%s sent unknown event %r", sid, name)
         service.metrics.errors.labels("invalid_payload").inc()
         return error_reply(InvalidPayload(f"unknown event {name!r}"))
@@ -72,8 +80,9 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
     sio.on("*", unknown_event)
 
 
-async def _connect(service: ChatService, sid: str, auth: Any) -> None:
+async def _connect(service: ChatService, sid: str, auth: Any, address: str) -> None:
     try:
+        service.admit(address)
         if not isinstance(auth, dict):
             raise InvalidAuth(
                 'auth must be an object such as {"role": "visitor", "token": null}'
@@ -120,6 +129,7 @@ def _make_handler(
         try:
             if connection is None:
                 raise Forbidden("this socket has no identity: reconnect")
+            service.limiter.check(service.event_limit, sid)
             payload = schemas.parse_payload(model, args)
             with service.in_flight():
                 return await handler(connection, payload)

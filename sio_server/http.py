@@ -12,9 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import schemas
 from .auth import TokenClaims, verify_password_async
-from .errors import ChatError, Forbidden, InvalidPayload, NotFound, Unauthorized
+from .errors import (
+    ChatError,
+    Forbidden,
+    InvalidPayload,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
 from .metrics import Metrics
 from .models import ChatStatus
+from .ratelimit import client_address
 from .service import ChatService
 
 logger = logging.getLogger("sio_server.http")
@@ -44,7 +52,10 @@ async def error_middleware(
         logger.warning(
             "%s %s rejected: %s %s", request.method, request.path, exc.code, exc.message
         )
-        return json_error(exc.http_status, exc.code, exc.message)
+        response = web.json_response({"error": exc.to_wire()}, status=exc.http_status)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -107,6 +118,11 @@ async def login(request: web.Request) -> web.Response:
     """Exchange an agent's email and password for an access token."""
     service = request.app[SERVICE_KEY]
     credentials = schemas.parse_object(schemas.Login, await _json_body(request))
+    # Both limits count every attempt, so guessing a password is slow from
+    # one address and for one account however many addresses are used.
+    address = client_address(request, service.settings.trust_forwarded_for)
+    service.limiter.check(service.login_ip_limit, address)
+    service.limiter.check(service.login_account_limit, credentials.email.lower())
     agent = await service.store.get_agent_by_email(credentials.email)
     password_hash = agent.password_hash if agent else None
     if (

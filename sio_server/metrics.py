@@ -23,7 +23,8 @@ class Metrics:
         )
         self.chat_events = Counter(
             "chat_lifecycle_total",
-            "Chat lifecycle transitions: queued, matched, requeued, ended.",
+            "Chat lifecycle transitions: queued, matched, requeued, transferred,"
+            " ended, missed, rated.",
             ["transition"],
             registry=self.registry,
         )
@@ -31,6 +32,12 @@ class Metrics:
             "chat_event_errors_total",
             "Error replies sent to clients, by error code.",
             ["code"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "chat_rate_limited_total",
+            "Requests rejected by a rate limit or a size limit, by limit.",
+            ["limit"],
             registry=self.registry,
         )
         self._sockets = Gauge(

@@ -58,7 +58,10 @@ class Presence:
     def is_online(self, key: PersonKey) -> bool:
         return bool(self._sockets.get(key))
 
-    def socket_count(self, role: Role) -> int:
+    def socket_count(self, role: Role | None = None) -> int:
+        """Count connected sockets, of one role or of both."""
+        if role is None:
+            return len(self._connections)
         return sum(1 for item in self._connections.values() if item.role == role)
 
     def person_count(self, role: Role) -> int:

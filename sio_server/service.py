@@ -27,6 +27,7 @@ from .errors import (
     Forbidden,
     InvalidPayload,
     NotFound,
+    RateLimited,
     ServerClosing,
     Unauthorized,
     WrongState,
@@ -47,6 +48,7 @@ from .models import (
     utc_now,
 )
 from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
+from .ratelimit import Limit, RateLimiter
 from .store import Store
 
 logger = logging.getLogger("sio_server.chats")
@@ -58,6 +60,9 @@ QUEUE_CHANGED_INTERVAL_S = 0.25
 # Position updates to visitors go out at most this often. Each run reads the
 # whole queue, so a burst of joins costs one run per interval, not one per join.
 QUEUE_UPDATE_INTERVAL_S = 0.2
+# Suggested wait before a client retries a connection refused for a full
+# server or too many sockets, and a join refused for a full queue.
+RETRY_FULL_S = 10
 # `chat_started` carries the first messages of the chat, at most this many;
 # when `has_more` is true, clients fetch the rest with `history`.
 STARTED_MESSAGES_LIMIT = 500
@@ -95,6 +100,30 @@ class ChatService:
         self.metrics = metrics
         self.mailer = mailer or LogMailer()
         self.estimator = WaitEstimator()
+        self.limiter = RateLimiter(metrics)
+        self.connect_limit = Limit(
+            "connect_per_ip",
+            settings.limit_connect_per_ip,
+            "new connections from this address",
+        )
+        self.event_limit = Limit(
+            "events_per_socket",
+            settings.limit_events_per_socket,
+            "events on this connection",
+        )
+        self.message_limit = Limit(
+            "messages_per_visitor", settings.limit_messages_per_visitor, "messages"
+        )
+        self.login_account_limit = Limit(
+            "login_per_account",
+            settings.limit_login_per_account,
+            "login attempts for this account",
+        )
+        self.login_ip_limit = Limit(
+            "login_per_ip",
+            settings.limit_login_per_ip,
+            "login attempts from this address",
+        )
         self._departments = [item.to_wire() for item in settings.departments]
         self.presence = Presence(self._on_grace_expired)
         self._chat_locks = KeyedLocks()
@@ -184,6 +213,37 @@ class ChatService:
 
     # Connections
 
+    def admit(self, client_ip: str) -> None:
+        """Raise `RateLimited` when a connection from `client_ip` is over a limit."""
+        if self.presence.socket_count() >= self.settings.max_connections:
+            self.metrics.rate_limited.labels("max_connections").inc()
+            logger.warning(
+                "connection from %s rejected: %d connections is the limit",
+                client_ip,
+                self.settings.max_connections,
+            )
+            raise RateLimited(
+                "the server is at its connection limit: retry shortly", RETRY_FULL_S
+            )
+        self.limiter.check(self.connect_limit, client_ip)
+
+    def _check_sockets(self, key: PersonKey, limit: int) -> None:
+        if len(self.presence.sockets(key)) < limit:
+            return
+        role, person_id = key
+        self.metrics.rate_limited.labels(f"sockets_per_{role}").inc()
+        logger.warning(
+            "connection of %s=%s rejected: %d sockets is the limit",
+            role,
+            person_id,
+            limit,
+        )
+        raise RateLimited(
+            f"this {role} has {limit} connections open, the most allowed:"
+            " close a tab or window",
+            RETRY_FULL_S,
+        )
+
     async def connect_visitor(self, sid: str, auth: schemas.VisitorAuth) -> Connection:
         """Admit a visitor socket, creating the visitor when the auth has no token."""
         # A visitor is stored only when it first joins the queue, so a connect
@@ -200,6 +260,9 @@ class ChatService:
             visitor = _new_visitor(new_id(), auth)
             logger.info("visitor %s new", visitor.id)
 
+        self._check_sockets(
+            ("visitor", visitor.id), self.settings.max_sockets_per_visitor
+        )
         connection = Connection(
             sid,
             "visitor",
@@ -243,6 +306,7 @@ class ChatService:
         if agent is None:
             raise Unauthorized("agent token names an unknown agent")
 
+        self._check_sockets(("agent", agent.id), self.settings.max_sockets_per_agent)
         connection = Connection(sid, "agent", agent.id, agent.name)
         first = self.presence.add(connection)
         await self.sio.enter_room(sid, person_room("agent", agent.id))
@@ -330,6 +394,19 @@ class ChatService:
     ) -> dict[str, Any]:
         require_role(connection, "visitor", "join_queue")
         self._check_department(payload.department)
+        if payload.message is not None:
+            self.limiter.check(self.message_limit, connection.person_id)
+        if (
+            await self.store.count_queued() >= self.settings.max_queue
+            and await self.store.open_chat_of_visitor(connection.person_id) is None
+        ):
+            self.metrics.rate_limited.labels("max_queue").inc()
+            logger.warning(
+                "join of visitor=%s rejected: the queue is full", connection.person_id
+            )
+            raise RateLimited(
+                "the queue is full: leave a message or retry later", RETRY_FULL_S
+            )
 
         # Without a client_id, the text itself identifies the message, so a
         # retried join stores it once and a join with new text adds it.
@@ -417,6 +494,7 @@ class ChatService:
         """Store a message for agents to reply to later, with the visitor's email."""
         require_role(connection, "visitor", "leave_message")
         self._check_department(payload.department)
+        self.limiter.check(self.message_limit, connection.person_id)
         client_id = payload.client_id or _text_client_id("leave", payload.text)
         if payload.name is not None:
             connection.name = payload.name
@@ -663,6 +741,10 @@ class ChatService:
     async def send_message(
         self, connection: Connection, payload: schemas.SendMessage
     ) -> dict[str, Any]:
+        if connection.role == "visitor":
+            # Checked before the chat lock, and it never awaits, so the order
+            # of messages stays the order of arrival.
+            self.limiter.check(self.message_limit, connection.person_id)
         message = await self._post_message(
             connection, payload.chat_id, payload.text, payload.client_id
         )

@@ -46,6 +46,11 @@ class ServerProcess:
             "CHAT_VISITOR_GRACE_S": TEST_GRACE_S,
             "CHAT_AGENT_GRACE_S": TEST_GRACE_S,
             "CHAT_LOG_LEVEL": "INFO",
+            # Tests send faster than people and connect many sockets from one
+            # address; the rate limit tests set their own limits.
+            "CHAT_LIMIT_CONNECT_PER_IP": "off",
+            "CHAT_LIMIT_EVENTS_PER_SOCKET": "off",
+            "CHAT_LIMIT_MESSAGES_PER_VISITOR": "off",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

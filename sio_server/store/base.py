@@ -241,6 +241,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def count_queued(self) -> int:
+        """Count the chats waiting in every queue."""
+
+    @abstractmethod
     async def queue_entries(self) -> list[QueueEntry]:
         """Return the queued chats in queue order."""
 

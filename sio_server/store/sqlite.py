@@ -751,6 +751,10 @@ class SQLiteStore(Store):
         )
         return int(row[0]) if row else 0
 
+    async def count_queued(self) -> int:
+        row = await self._read_one("SELECT COUNT(*) FROM chats WHERE status = 'queued'")
+        return int(row[0]) if row else 0
+
     async def queue_entries(self) -> list[QueueEntry]:
         rows = await self._read_all(
             "SELECT id, visitor_id, queued_at, department FROM chats"
