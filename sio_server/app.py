@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import socketio
 from aiohttp import web
@@ -12,8 +11,16 @@ from aiohttp import web
 from .auth import TokenSigner
 from .config import Settings, ensure_secret_key
 from .events import register_events
-from .http import METRICS_KEY, SERVICE_KEY, add_routes, error_middleware
+from .http import (
+    METRICS_KEY,
+    ORIGINS_KEY,
+    SERVICE_KEY,
+    add_routes,
+    error_middleware,
+    origin_middleware,
+)
 from .metrics import Metrics
+from .origins import OriginPolicy
 from .pages import add_page_routes
 from .service import ChatService
 from .socket_server import ChatSocketServer
@@ -22,37 +29,10 @@ from .store import create_store
 logger = logging.getLogger("sio_server.app")
 
 
-def _origin_checker(allowed: tuple[str, ...]) -> Any:
-    """Return the CORS rule for Engine.IO: same origin, listed origins, or any."""
-    if "*" in allowed:
-        return "*"
-    listed = set(allowed)
-
-    rejected: set[str] = set()
-
-    def is_allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
-        if origin is None or origin in listed:
-            return True
-        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme")
-        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
-        if origin == f"{scheme or 'http'}://{host}":
-            return True
-        if origin not in rejected and len(rejected) < 100:
-            rejected.add(origin)
-            logger.warning(
-                "rejected connections from origin %s: add it to CHAT_CORS_ORIGINS"
-                " to allow pages there to connect",
-                origin,
-            )
-        return False
-
-    return is_allowed
-
-
-def create_sio(settings: Settings) -> socketio.AsyncServer:
+def create_sio(settings: Settings, origins: OriginPolicy) -> socketio.AsyncServer:
     return ChatSocketServer(
         async_mode="aiohttp",
-        cors_allowed_origins=_origin_checker(settings.cors_origins),
+        cors_allowed_origins="*" if origins.allow_any else origins.allows_environ,
         ping_interval=settings.ping_interval_s,
         ping_timeout=settings.ping_timeout_s,
         # Well above a 4,000-character message (at most 16 KB of UTF-8), so an
@@ -67,7 +47,15 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
 def create_app(settings: Settings) -> web.Application:
     """Return the application; the store opens when the app starts."""
     settings = ensure_secret_key(settings)
-    sio = create_sio(settings)
+    origins = OriginPolicy(
+        settings.cors_origins, allow_any="*" in settings.cors_origins
+    )
+    if origins.allow_any:
+        logger.warning(
+            "CHAT_CORS_ORIGINS=*: any web site can open chats and call the API in"
+            " its visitors' browsers"
+        )
+    sio = create_sio(settings, origins)
     store = create_store(settings.effective_database_url)
     signer = TokenSigner(
         settings.secret_key, settings.agent_token_ttl_s, settings.visitor_token_ttl_s
@@ -75,8 +63,9 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     service = ChatService(sio, store, signer, settings, metrics)
 
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[origin_middleware, error_middleware])
     app[SERVICE_KEY] = service
+    app[ORIGINS_KEY] = origins
     app[METRICS_KEY] = metrics
     sio.attach(app)
     register_events(sio, service)

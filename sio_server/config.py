@@ -44,6 +44,8 @@ class Settings:
     database_url: str = ""
     secret_key: str = ""
     cors_origins: tuple[str, ...] = ()
+    # `*` in `cors_origins` lets any web page connect, so it needs this too.
+    cors_allow_any: bool = False
     visitor_grace_s: float = 120.0
     agent_grace_s: float = 60.0
     ping_interval_s: float = 25.0
@@ -185,6 +187,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "database_url": _parse_database_url,
     "secret_key": str,
     "cors_origins": _parse_origins,
+    "cors_allow_any": _parse_switch,
     "visitor_grace_s": _parse_positive_float,
     "agent_grace_s": _parse_positive_float,
     "ping_interval_s": _parse_positive_float,
@@ -235,6 +238,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"unknown setting {unknown[0]}: check the spelling against the README"
         )
     settings = Settings(**values)  # type: ignore[arg-type]
+    if "*" in settings.cors_origins and not settings.cors_allow_any:
+        raise ConfigError(
+            "CHAT_CORS_ORIGINS=* lets any web site open chats and call the API in"
+            " its visitors' browsers: list the sites' origins instead, or set"
+            " CHAT_CORS_ALLOW_ANY=on as well if that is what you want"
+        )
     if settings.max_payload_bytes < 64 * 1024:
         raise ConfigError(
             "CHAT_MAX_PAYLOAD_BYTES must be at least 65536 so that an oversize "

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .models import ChatStatus
+from .origins import OriginPolicy
 from .ratelimit import client_address
 from .service import ChatService
 
@@ -29,6 +30,7 @@ logger = logging.getLogger("sio_server.http")
 
 SERVICE_KEY = web.AppKey("service", ChatService)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+ORIGINS_KEY = web.AppKey("origins", OriginPolicy)
 
 _CHAT_STATUSES = set(get_args(ChatStatus))
 ENGINEIO_PATH = "/socket.io/"
@@ -79,6 +81,46 @@ async def error_middleware(
         return json_error(
             500, "internal_error", "the server failed to handle the request"
         )
+
+
+# Routes that browsers may call only from the server's own or a listed origin.
+_CHECKED_PREFIXES = ("/api/", "/agent/")
+_CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+@web.middleware
+async def origin_middleware(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Reject API and dashboard requests from foreign origins; add CORS headers.
+
+    Engine.IO checks origins of Socket.IO requests itself, with the same policy.
+    This runs outside `error_middleware`, so error replies get the headers too.
+    """
+    if not request.path.startswith(_CHECKED_PREFIXES):
+        return await handler(request)
+    origin = request.headers.get("Origin")
+    policy = request.app[ORIGINS_KEY]
+    if not policy.allows_request(origin, request.headers, request.scheme):
+        # The policy logs each rejected origin once.
+        return json_error(
+            403,
+            "forbidden",
+            f"origin {origin} is not allowed: add it to CHAT_CORS_ORIGINS",
+        )
+    if request.method == "OPTIONS" and origin is not None:
+        response: web.StreamResponse = web.Response(status=204, headers=_CORS_HEADERS)
+    else:
+        response = await handler(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
 
 
 def _bearer(request: web.Request) -> str:
