@@ -679,19 +679,22 @@ class ChatService:
     ) -> dict[str, Any]:
         """Store a remark that only agents see, and show it on the agent's tabs."""
         require_role(connection, "agent", "note")
-        chat = await self._authorized_chat(connection, payload.chat_id)
-        sender = Sender("agent", connection.person_id, connection.name)
-        note, created = await self.store.add_note(
-            chat.id, sender, payload.text, payload.client_id
-        )
-        if created:
-            # Never to the chat room: the visitor's sockets are in it.
-            await self.sio.emit(
-                "note",
-                note.to_wire(),
-                room=person_room("agent", connection.person_id),
-                skip_sid=connection.sid,
+        # Under the chat lock, so a transfer sees either none or all of a
+        # note: the new agent finds it in `chat_started` or not at all.
+        async with self._chat_locks.hold(payload.chat_id):
+            chat = await self._authorized_chat(connection, payload.chat_id)
+            sender = Sender("agent", connection.person_id, connection.name)
+            note, created = await self.store.add_note(
+                chat.id, sender, payload.text, payload.client_id
             )
+            if created:
+                # Never to the chat room: the visitor's sockets are in it.
+                await self.sio.emit(
+                    "note",
+                    note.to_wire(),
+                    room=person_room("agent", connection.person_id),
+                    skip_sid=connection.sid,
+                )
         return reply(note=note.to_wire())
 
     async def list_notes(
