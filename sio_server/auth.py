@@ -47,6 +47,8 @@ class TokenClaims:
 
     role: Role
     subject: str
+    # The agent's token version at issue; a password change raises it.
+    version: int = 0
 
 
 class TokenSigner:
@@ -58,7 +60,7 @@ class TokenSigner:
         self._key = secret_key
         self._ttl = {"agent": agent_ttl_s, "visitor": visitor_ttl_s}
 
-    def issue(self, role: Role, subject: str) -> str:
+    def issue(self, role: Role, subject: str, version: int = 0) -> str:
         """Return a token for `subject` that expires after the role's lifetime."""
         now = int(time.time())
         claims = {
@@ -66,6 +68,7 @@ class TokenSigner:
             "role": role,
             "iat": now,
             "exp": now + self._ttl[role],
+            "ver": version,
         }
         return jwt.encode(claims, self._key, algorithm=self._ALGORITHM)
 
@@ -86,4 +89,7 @@ class TokenSigner:
             raise Unauthorized("token is invalid: sign in again") from exc
         if claims.get("role") != role or not isinstance(claims.get("sub"), str):
             raise Unauthorized(f"token is not valid for role {role!r}: sign in again")
-        return TokenClaims(role=role, subject=claims["sub"])
+        version = claims.get("ver", 0)
+        if not isinstance(version, int):
+            raise Unauthorized("token is invalid: sign in again")
+        return TokenClaims(role=role, subject=claims["sub"], version=version)

@@ -1,4 +1,4 @@
-"""REST routes: login, chats and transcripts, agents, canned responses, health."""
+"""REST routes: login, chats, agents and admin, canned responses, health."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import schemas
-from .auth import TokenClaims, verify_password_async
+from .auth import verify_password_async
 from .errors import (
     ChatError,
     Forbidden,
@@ -21,7 +21,7 @@ from .errors import (
     Unauthorized,
 )
 from .metrics import Metrics
-from .models import ChatStatus
+from .models import Agent, AgentChanges, ChatStatus
 from .origins import OriginPolicy
 from .ratelimit import client_address
 from .service import ChatService
@@ -131,12 +131,16 @@ def _bearer(request: web.Request) -> str:
     return token.strip()
 
 
-async def _agent_claims(request: web.Request) -> TokenClaims:
-    service = request.app[SERVICE_KEY]
-    claims = service.signer.verify(_bearer(request), "agent")
-    if await service.store.get_agent(claims.subject) is None:
-        raise Unauthorized("agent token names an unknown agent")
-    return claims
+async def _agent(request: web.Request) -> Agent:
+    """Return the agent whose token the request carries."""
+    return await request.app[SERVICE_KEY].authenticate_agent(_bearer(request))
+
+
+async def _admin(request: web.Request) -> Agent:
+    agent = await _agent(request)
+    if not agent.is_admin:
+        raise Forbidden("this route is for admins only")
+    return agent
 
 
 def _int_query(
@@ -173,14 +177,17 @@ async def login(request: web.Request) -> web.Response:
     ):
         logger.warning("login failed for an account")
         raise Unauthorized("email or password is wrong")
+    if agent.disabled:
+        logger.warning("login rejected for disabled agent=%s", agent.id)
+        raise Unauthorized("this agent account is disabled: ask an admin")
     logger.info("login agent=%s", agent.id)
-    token = service.signer.issue("agent", agent.id)
+    token = service.issue_agent_token(agent)
     return web.json_response({"token": token, "agent": agent.to_wire()})
 
 
 async def list_chats(request: web.Request) -> web.Response:
     """List chats newest first, filtered by `status` and `agent_id`."""
-    await _agent_claims(request)
+    await _agent(request)
     status = request.query.get("status")
     if status is not None and status not in _CHAT_STATUSES:
         raise InvalidPayload(
@@ -204,7 +211,7 @@ async def chat_messages(request: web.Request) -> web.Response:
     token = _bearer(request)
     chat = await service.store.get_chat(chat_id)
     try:
-        await _agent_claims(request)
+        await _agent(request)
     except Unauthorized:
         claims = service.signer.verify(token, "visitor")
         if chat is not None and chat.visitor_id != claims.subject:
@@ -245,17 +252,17 @@ async def departments(request: web.Request) -> web.Response:
 
 async def list_agents(request: web.Request) -> web.Response:
     """List agents with status and load, for choosing a transfer target."""
-    await _agent_claims(request)
+    await _agent(request)
     loads = await request.app[SERVICE_KEY].store.list_agent_loads()
     return web.json_response({"agents": [item.to_wire() for item in loads]})
 
 
 async def reply_to_missed(request: web.Request) -> web.Response:
     """Store an agent's reply to a missed chat and send it to the visitor."""
-    claims = await _agent_claims(request)
+    agent = await _agent(request)
     body = schemas.parse_object(schemas.MissedReply, await _json_body(request))
     message, mailed = await request.app[SERVICE_KEY].reply_to_missed(
-        claims.subject, request.match_info["chat_id"], body.text, body.client_id
+        agent.id, request.match_info["chat_id"], body.text, body.client_id
     )
     return web.json_response(
         {"message": message.to_wire(), "email_sent": mailed}, status=201
@@ -263,37 +270,114 @@ async def reply_to_missed(request: web.Request) -> web.Response:
 
 
 async def list_canned(request: web.Request) -> web.Response:
-    await _agent_claims(request)
+    await _agent(request)
     items = await request.app[SERVICE_KEY].store.list_canned()
     return web.json_response({"canned_responses": [item.to_wire() for item in items]})
 
 
 async def create_canned(request: web.Request) -> web.Response:
-    claims = await _agent_claims(request)
+    agent = await _agent(request)
     body = schemas.parse_object(schemas.CannedResponseBody, await _json_body(request))
     item = await request.app[SERVICE_KEY].store.create_canned(
-        body.shortcut, body.text, claims.subject
+        body.shortcut, body.text, agent.id
     )
-    logger.info("canned response %s created by agent=%s", item.id, claims.subject)
+    logger.info("canned response %s created by agent=%s", item.id, agent.id)
     return web.json_response({"canned_response": item.to_wire()}, status=201)
 
 
 async def update_canned(request: web.Request) -> web.Response:
-    claims = await _agent_claims(request)
+    agent = await _agent(request)
     body = schemas.parse_object(schemas.CannedResponseBody, await _json_body(request))
     item = await request.app[SERVICE_KEY].store.update_canned(
         request.match_info["canned_id"], body.shortcut, body.text
     )
-    logger.info("canned response %s changed by agent=%s", item.id, claims.subject)
+    logger.info("canned response %s changed by agent=%s", item.id, agent.id)
     return web.json_response({"canned_response": item.to_wire()})
 
 
 async def delete_canned(request: web.Request) -> web.Response:
-    claims = await _agent_claims(request)
+    agent = await _agent(request)
     canned_id = request.match_info["canned_id"]
     await request.app[SERVICE_KEY].store.delete_canned(canned_id)
-    logger.info("canned response %s deleted by agent=%s", canned_id, claims.subject)
+    logger.info("canned response %s deleted by agent=%s", canned_id, agent.id)
     return web.Response(status=204)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """Change the caller's own password; every older token stops working."""
+    service = request.app[SERVICE_KEY]
+    agent = await _agent(request)
+    body = schemas.parse_object(schemas.PasswordChange, await _json_body(request))
+    service.limiter.check(service.login_account_limit, agent.email.lower())
+    if not await verify_password_async(agent.password_hash, body.current_password):
+        logger.warning("password change failed for agent=%s", agent.id)
+        raise Unauthorized("the current password is wrong")
+    changed = await service.set_password(agent, agent.id, body.new_password)
+    return web.json_response(
+        {"token": service.issue_agent_token(changed), "agent": changed.to_wire()}
+    )
+
+
+async def admin_list_agents(request: web.Request) -> web.Response:
+    await _admin(request)
+    loads = await request.app[SERVICE_KEY].store.list_agent_loads()
+    return web.json_response(
+        {
+            "agents": [
+                {**item.agent.to_wire(), "online": item.connected, "load": item.load}
+                for item in loads
+            ]
+        }
+    )
+
+
+async def admin_create_agent(request: web.Request) -> web.Response:
+    admin = await _admin(request)
+    body = schemas.parse_object(schemas.AgentCreate, await _json_body(request))
+    agent = await request.app[SERVICE_KEY].create_agent(
+        admin, body.email, body.name, body.password, body.is_admin
+    )
+    return web.json_response({"agent": agent.to_wire()}, status=201)
+
+
+async def admin_update_agent(request: web.Request) -> web.Response:
+    admin = await _admin(request)
+    body = schemas.parse_object(schemas.AgentUpdate, await _json_body(request))
+    departments = None
+    if body.departments:
+        departments = tuple(dict.fromkeys(body.departments))
+    changes = AgentChanges(
+        name=body.name,
+        is_admin=body.is_admin,
+        disabled=body.disabled,
+        max_chats=body.max_chats,
+        departments=departments,
+        set_departments="departments" in body.model_fields_set,
+    )
+    agent = await request.app[SERVICE_KEY].update_agent(
+        admin, request.match_info["agent_id"], changes
+    )
+    return web.json_response({"agent": agent.to_wire()})
+
+
+async def admin_reset_password(request: web.Request) -> web.Response:
+    admin = await _admin(request)
+    body = schemas.parse_object(schemas.PasswordReset, await _json_body(request))
+    agent = await request.app[SERVICE_KEY].set_password(
+        admin, request.match_info["agent_id"], body.password
+    )
+    return web.json_response({"agent": agent.to_wire()})
+
+
+async def admin_audit(request: web.Request) -> web.Response:
+    """List administrative changes newest first; page with `before_id`."""
+    await _admin(request)
+    limit = _int_query(request, "limit", 100, 1, 500)
+    before_id = None
+    if "before_id" in request.query:
+        before_id = _int_query(request, "before_id", 0, 0, 2**62)
+    entries = await request.app[SERVICE_KEY].store.list_audit(limit, before_id)
+    return web.json_response({"entries": [entry.to_wire() for entry in entries]})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -327,5 +411,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/canned-responses", create_canned)
     app.router.add_put("/api/canned-responses/{canned_id}", update_canned)
     app.router.add_delete("/api/canned-responses/{canned_id}", delete_canned)
+    app.router.add_post("/api/auth/password", change_password)
+    app.router.add_get("/api/admin/agents", admin_list_agents)
+    app.router.add_post("/api/admin/agents", admin_create_agent)
+    app.router.add_patch("/api/admin/agents/{agent_id}", admin_update_agent)
+    app.router.add_post("/api/admin/agents/{agent_id}/password", admin_reset_password)
+    app.router.add_get("/api/admin/audit", admin_audit)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

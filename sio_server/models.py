@@ -59,6 +59,9 @@ class Agent:
     created_at: str
     # Department ids the agent serves; `None` serves every department.
     departments: tuple[str, ...] | None = None
+    disabled: bool = False
+    # Tokens issued at an older version are no longer valid.
+    token_version: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """Return the public fields, without the password hash."""
@@ -70,6 +73,60 @@ class Agent:
             "status": self.status,
             "max_chats": self.max_chats,
             "serving": list(self.departments) if self.departments is not None else None,
+            "disabled": self.disabled,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChanges:
+    """Fields an admin changes on an agent; `None` keeps the stored value."""
+
+    name: str | None = None
+    is_admin: bool | None = None
+    disabled: bool | None = None
+    max_chats: int | None = None
+    # Set with `set_departments`, since `None` means every department.
+    departments: tuple[str, ...] | None = None
+    set_departments: bool = False
+
+    def to_details(self) -> dict[str, Any]:
+        """Return the changed fields, for the audit log."""
+        details: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("name", self.name),
+                ("is_admin", self.is_admin),
+                ("disabled", self.disabled),
+                ("max_chats", self.max_chats),
+            )
+            if value is not None
+        }
+        if self.set_departments:
+            details["departments"] = (
+                list(self.departments) if self.departments is not None else None
+            )
+        return details
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One administrative change: who made it, what it was, and when."""
+
+    id: int
+    at: str
+    actor_id: str | None
+    action: str
+    target_id: str | None
+    details: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor_id": self.actor_id,
+            "action": self.action,
+            "target_id": self.target_id,
+            "details": self.details,
         }
 
 

@@ -188,6 +188,34 @@ class MissedReply(Payload):
     client_id: ClientId | None = None
 
 
+Password = Annotated[str, StringConstraints(min_length=10, max_length=1024)]
+
+
+class AgentCreate(Payload):
+    email: Email
+    name: PersonName
+    password: Password
+    is_admin: bool = False
+
+
+class AgentUpdate(Payload):
+    name: PersonName | None = None
+    is_admin: bool | None = None
+    disabled: bool | None = None
+    max_chats: Annotated[int, Field(ge=1, le=50)] | None = None
+    # An explicit null serves every department.
+    departments: Annotated[list[ShortText], Field(max_length=50)] | None = None
+
+
+class PasswordReset(Payload):
+    password: Password
+
+
+class PasswordChange(Payload):
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    new_password: Password
+
+
 class VisitorAuth(Payload):
     role: Literal["visitor"]
     token: Annotated[str, StringConstraints(max_length=4096)] | None = None

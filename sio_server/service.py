@@ -21,7 +21,7 @@ from typing import Any
 import socketio
 
 from . import schemas
-from .auth import TokenSigner
+from .auth import TokenSigner, hash_password
 from .config import Settings
 from .errors import (
     Forbidden,
@@ -36,6 +36,8 @@ from .estimate import WINDOW, WaitEstimator
 from .mail import LogMailer, Mailer
 from .metrics import Metrics
 from .models import (
+    Agent,
+    AgentChanges,
     Chat,
     Message,
     Sender,
@@ -299,12 +301,30 @@ class ChatService:
         logger.info("connect sid=%s visitor=%s", sid, visitor.id)
         return connection
 
-    async def connect_agent(self, sid: str, auth: schemas.AgentAuth) -> Connection:
-        """Admit an agent socket carrying a valid access token."""
-        claims = self.signer.verify(auth.token, "agent")
+    async def authenticate_agent(self, token: str) -> Agent:
+        """Return the agent of a valid access token, or raise `Unauthorized`.
+
+        The token must name an agent who exists and is not disabled, and must
+        be newer than the agent's last password change.
+        """
+        claims = self.signer.verify(token, "agent")
         agent = await self.store.get_agent(claims.subject)
         if agent is None:
             raise Unauthorized("agent token names an unknown agent")
+        if agent.disabled:
+            raise Unauthorized("this agent account is disabled: ask an admin")
+        if claims.version != agent.token_version:
+            raise Unauthorized(
+                "the password changed since this token was issued: sign in again"
+            )
+        return agent
+
+    def issue_agent_token(self, agent: Agent) -> str:
+        return self.signer.issue("agent", agent.id, agent.token_version)
+
+    async def connect_agent(self, sid: str, auth: schemas.AgentAuth) -> Connection:
+        """Admit an agent socket carrying a valid access token."""
+        agent = await self.authenticate_agent(auth.token)
 
         self._check_sockets(("agent", agent.id), self.settings.max_sockets_per_agent)
         connection = Connection(sid, "agent", agent.id, agent.name)
@@ -559,6 +579,65 @@ class ChatService:
             serving=list(serving) if serving else None,
             chats=[chat.to_wire() for chat in chats],
         )
+
+    # Team administration
+
+    async def create_agent(
+        self, actor: Agent, email: str, name: str, password: str, is_admin: bool
+    ) -> Agent:
+        """Add an agent account on behalf of the admin `actor`."""
+        password_hash = await asyncio.to_thread(hash_password, password)
+        agent = await self.store.create_agent(
+            email, name, password_hash, is_admin=is_admin, actor_id=actor.id
+        )
+        logger.info("admin=%s created agent=%s", actor.id, agent.id)
+        return agent
+
+    async def update_agent(
+        self, actor: Agent, agent_id: str, changes: AgentChanges
+    ) -> Agent:
+        """Apply an admin's changes; a disabled agent is signed out at once."""
+        for department in changes.departments or ():
+            self._check_department(department)
+        if agent_id == actor.id and (changes.disabled or changes.is_admin is False):
+            raise WrongState(
+                "admins cannot disable themselves or drop their own admin role:"
+                " ask another admin"
+            )
+        agent = await self.store.update_agent(agent_id, changes, actor.id)
+        logger.info(
+            "admin=%s changed agent=%s: %s",
+            actor.id,
+            agent.id,
+            ",".join(sorted(changes.to_details())),
+        )
+        if changes.disabled:
+            await self._sign_out(agent.id, "disabled")
+            # The chats go back to the queue now, not after a grace period.
+            self.presence.cancel_grace(("agent", agent.id))
+            await self._agent_left(agent.id)
+        else:
+            await self.sio.emit(
+                "agent_updated", agent.to_wire(), room=person_room("agent", agent.id)
+            )
+        self._matcher.request()
+        self._queue_notifier.request()
+        return agent
+
+    async def set_password(self, actor: Agent, agent_id: str, password: str) -> Agent:
+        """Replace an agent's password and sign out every session it had."""
+        password_hash = await asyncio.to_thread(hash_password, password)
+        agent = await self.store.set_password(agent_id, password_hash, actor.id)
+        logger.info("agent=%s password changed by agent=%s", agent.id, actor.id)
+        await self._sign_out(agent.id, "password_changed")
+        return agent
+
+    async def _sign_out(self, agent_id: str, reason: str) -> None:
+        """Tell an agent's sockets why, then disconnect them; their tokens are void."""
+        for sid in self.presence.sockets(("agent", agent_id)):
+            await self.sio.emit("signed_out", {"reason": reason}, to=sid)
+            await self.sio.disconnect(sid)
+        logger.info("signed out agent=%s reason=%s", agent_id, reason)
 
     async def agent_away(
         self, connection: Connection, payload: schemas.AgentAway

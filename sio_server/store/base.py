@@ -13,8 +13,10 @@ from typing import Any
 
 from ..models import (
     Agent,
+    AgentChanges,
     AgentLoad,
     AgentStatus,
+    AuditEntry,
     CannedResponse,
     Chat,
     ChatStatus,
@@ -47,9 +49,34 @@ class Store(ABC):
 
     @abstractmethod
     async def create_agent(
-        self, email: str, name: str, password_hash: str, *, is_admin: bool = False
+        self,
+        email: str,
+        name: str,
+        password_hash: str,
+        *,
+        is_admin: bool = False,
+        actor_id: str | None = None,
     ) -> Agent:
-        """Insert an agent; raise `WrongState` when the email is taken."""
+        """Insert an agent and audit it; raise `WrongState` when the email is taken.
+
+        `actor_id` is the admin who made the change, `None` for the command line.
+        """
+
+    @abstractmethod
+    async def update_agent(
+        self, agent_id: str, changes: AgentChanges, actor_id: str | None
+    ) -> Agent:
+        """Apply an admin's changes and audit them; raise `NotFound` for no agent."""
+
+    @abstractmethod
+    async def set_password(
+        self, agent_id: str, password_hash: str, actor_id: str | None
+    ) -> Agent:
+        """Replace the password hash, revoke older tokens and audit the change."""
+
+    @abstractmethod
+    async def list_audit(self, limit: int, before_id: int | None) -> list[AuditEntry]:
+        """Return audit entries newest first, older than `before_id` when given."""
 
     @abstractmethod
     async def get_agent(self, agent_id: str) -> Agent | None: ...

@@ -25,8 +25,10 @@ from .. import matchmaker
 from ..errors import Forbidden, NotFound, TransferRefused, WrongState
 from ..models import (
     Agent,
+    AgentChanges,
     AgentLoad,
     AgentStatus,
+    AuditEntry,
     CannedResponse,
     Chat,
     ChatStatus,
@@ -72,6 +74,7 @@ def _message(row: sqlite3.Row) -> Message:
 def _agent(row: sqlite3.Row) -> Agent:
     values = {key: row[key] for key in _AGENT_FIELDS}
     values["is_admin"] = bool(values["is_admin"])
+    values["disabled"] = bool(values["disabled"])
     if values["departments"] is not None:
         values["departments"] = tuple(json.loads(values["departments"]))
     return Agent(**values)
@@ -217,7 +220,13 @@ class SQLiteStore(Store):
     # Agents
 
     async def create_agent(
-        self, email: str, name: str, password_hash: str, *, is_admin: bool = False
+        self,
+        email: str,
+        name: str,
+        password_hash: str,
+        *,
+        is_admin: bool = False,
+        actor_id: str | None = None,
     ) -> Agent:
         agent_id = new_id()
         async with self._transaction() as db:
@@ -229,9 +238,80 @@ class SQLiteStore(Store):
                 )
             except sqlite3.IntegrityError as exc:
                 raise WrongState(f"an agent with email {email!r} exists") from exc
+            details = {"email": email, "name": name, "is_admin": is_admin}
+            await _audit(db, actor_id, "agent.create", agent_id, details)
             row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
         assert row is not None
         return _agent(row)
+
+    async def update_agent(
+        self, agent_id: str, changes: AgentChanges, actor_id: str | None
+    ) -> Agent:
+        serving = None
+        if changes.set_departments and changes.departments is not None:
+            serving = json.dumps(list(changes.departments))
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE agents SET name = COALESCE(?, name),"
+                " is_admin = COALESCE(?, is_admin), disabled = COALESCE(?, disabled),"
+                " max_chats = COALESCE(?, max_chats),"
+                " departments = CASE WHEN ? THEN ? ELSE departments END"
+                " WHERE id = ?",
+                (
+                    changes.name,
+                    None if changes.is_admin is None else int(changes.is_admin),
+                    None if changes.disabled is None else int(changes.disabled),
+                    changes.max_chats,
+                    int(changes.set_departments),
+                    serving,
+                    agent_id,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"agent {agent_id!r} not found")
+            if changes.disabled:
+                # A disabled agent takes no chats until enabled and ready again.
+                await db.execute(
+                    "UPDATE agents SET status = 'offline' WHERE id = ?", (agent_id,)
+                )
+            await _audit(db, actor_id, "agent.update", agent_id, changes.to_details())
+            row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        assert row is not None
+        return _agent(row)
+
+    async def set_password(
+        self, agent_id: str, password_hash: str, actor_id: str | None
+    ) -> Agent:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE agents SET password_hash = ?,"
+                " token_version = token_version + 1 WHERE id = ?",
+                (password_hash, agent_id),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"agent {agent_id!r} not found")
+            await _audit(db, actor_id, "agent.password", agent_id, {})
+            row = await _fetch_one(db, _AGENT_SELECT + " WHERE id = ?", (agent_id,))
+        assert row is not None
+        return _agent(row)
+
+    async def list_audit(self, limit: int, before_id: int | None) -> list[AuditEntry]:
+        rows = await self._read_all(
+            "SELECT id, at, actor_id, action, target_id, details FROM audit_log"
+            " WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before_id if before_id is not None else 2**62, limit),
+        )
+        return [
+            AuditEntry(
+                id=row["id"],
+                at=row["at"],
+                actor_id=row["actor_id"],
+                action=row["action"],
+                target_id=row["target_id"],
+                details=json.loads(row["details"]),
+            )
+            for row in rows
+        ]
 
     async def get_agent(self, agent_id: str) -> Agent | None:
         row = await self._read_one(_AGENT_SELECT + " WHERE id = ?", (agent_id,))
@@ -1020,6 +1100,8 @@ _AGENT_FIELDS = (
     "max_chats",
     "created_at",
     "departments",
+    "disabled",
+    "token_version",
 )
 _AGENT_SELECT = f"SELECT {', '.join(_AGENT_FIELDS)} FROM agents"
 _AGENT_LOAD_SELECT = (
@@ -1030,6 +1112,21 @@ _AGENT_LOAD_SELECT = (
 )
 _NOTE_COLUMNS = "id, chat_id, author_id, author_name, text, client_id, created_at"
 _CANNED_COLUMNS = "id, shortcut, text, created_by, created_at, updated_at"
+
+
+async def _audit(
+    db: aiosqlite.Connection,
+    actor_id: str | None,
+    action: str,
+    target_id: str | None,
+    details: dict[str, Any],
+) -> None:
+    """Record an administrative change inside the transaction that makes it."""
+    await db.execute(
+        "INSERT INTO audit_log (at, actor_id, action, target_id, details)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (utc_now(), actor_id, action, target_id, json.dumps(details)),
+    )
 
 
 def _agent_load(row: sqlite3.Row) -> AgentLoad:

@@ -1,0 +1,208 @@
+"""Team administration over the REST API: accounts, tokens and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
+
+NEW_PASSWORD = "a much longer passphrase"
+
+
+async def api(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, json=body, headers=headers) as response,
+    ):
+        data = await response.json() if response.status != 204 else None
+        return response.status, data
+
+
+async def admin_token(server: ServerProcess) -> str:
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    return await server.login("root@example.com")
+
+
+async def rejected_connect(clients: Clients, token: str) -> str:
+    """Connect as an agent with `token`, expect a refusal and return its code."""
+    client = clients.client({"role": "agent", "token": token})
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.sio.connect(clients.server.url, auth=client.auth, wait_timeout=5)
+    return str(client.connect_errors[0]["data"]["code"])
+
+
+async def test_admin_routes_need_admin(server: ServerProcess) -> None:
+    await server.create_agent("ann@example.com")
+    token = await server.login("ann@example.com")
+    status, body = await api(server, "GET", "/api/admin/agents", token)
+    assert status == 403
+    assert body["error"]["code"] == "forbidden"
+    status, _ = await api(server, "GET", "/api/admin/agents")
+    assert status == 401
+
+
+async def test_create_agent(server: ServerProcess) -> None:
+    token = await admin_token(server)
+    new = {"email": "neo@example.com", "name": "Neo", "password": NEW_PASSWORD}
+    status, body = await api(server, "POST", "/api/admin/agents", token, new)
+    assert status == 201, body
+    assert body["agent"]["email"] == "neo@example.com"
+    assert "password_hash" not in body["agent"]
+    assert await server.login("neo@example.com", NEW_PASSWORD)
+
+    status, body = await api(server, "POST", "/api/admin/agents", token, new)
+    assert status == 409
+    short = {**new, "email": "short@example.com", "password": "short"}
+    status, body = await api(server, "POST", "/api/admin/agents", token, short)
+    assert status == 400
+
+    status, body = await api(server, "GET", "/api/admin/audit", token)
+    assert status == 200
+    latest = body["entries"][0]
+    assert latest["action"] == "agent.create"
+    assert latest["details"] == {
+        "email": "neo@example.com",
+        "name": "Neo",
+        "is_admin": False,
+    }
+    assert NEW_PASSWORD not in str(body)
+
+
+async def test_disable_signs_out_and_requeues(
+    server: ServerProcess, clients: Clients
+) -> None:
+    token = await admin_token(server)
+    agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
+    old_token = agent.auth["token"]
+    status, body = await api(server, "GET", "/api/admin/agents", token)
+    alice = next(item for item in body["agents"] if item["name"] == "Alice")
+    assert (alice["online"], alice["load"]) == (True, 1)
+
+    status, body = await api(
+        server, "PATCH", f"/api/admin/agents/{alice['id']}", token, {"disabled": True}
+    )
+    assert status == 200, body
+    assert body["agent"]["disabled"] is True
+    assert await agent.next("signed_out") == {"reason": "disabled"}
+    # The chat goes back to the queue at once, not after the grace period.
+    requeued = await visitor.next("chat_requeued", timeout=5)
+    assert requeued["chat_id"] == chat_id
+    await asyncio.sleep(0.2)
+    assert not agent.sio.connected
+
+    assert await rejected_connect(clients, old_token) == "unauthorized"
+    status, body = await api(
+        server,
+        "POST",
+        "/api/auth/login",
+        body={"email": "alice@example.com", "password": PASSWORD},
+    )
+    assert status == 401
+    assert "disabled" in body["error"]["message"]
+
+    status, _ = await api(
+        server, "PATCH", f"/api/admin/agents/{alice['id']}", token, {"disabled": False}
+    )
+    assert status == 200
+    assert await server.login("alice@example.com")
+    _, body = await api(server, "GET", "/api/admin/audit", token)
+    actions = [(entry["action"], entry["details"]) for entry in body["entries"][:2]]
+    assert actions == [
+        ("agent.update", {"disabled": False}),
+        ("agent.update", {"disabled": True}),
+    ]
+
+
+async def test_password_reset_revokes_tokens(
+    server: ServerProcess, clients: Clients
+) -> None:
+    token = await admin_token(server)
+    agent = await clients.agent()
+    old_token = agent.auth["token"]
+    _, body = await api(server, "GET", "/api/admin/agents", token)
+    alice = next(item for item in body["agents"] if item["name"] == "Alice")
+
+    status, _ = await api(
+        server,
+        "POST",
+        f"/api/admin/agents/{alice['id']}/password",
+        token,
+        {"password": NEW_PASSWORD},
+    )
+    assert status == 200
+    assert await agent.next("signed_out") == {"reason": "password_changed"}
+    status, _ = await api(server, "GET", "/api/chats", old_token)
+    assert status == 401
+    assert await rejected_connect(clients, old_token) == "unauthorized"
+    assert await server.login("alice@example.com", NEW_PASSWORD)
+
+
+async def test_own_password_change(server: ServerProcess) -> None:
+    await server.create_agent("ann@example.com")
+    old_token = await server.login("ann@example.com")
+    wrong = {"current_password": "not it", "new_password": NEW_PASSWORD}
+    status, _ = await api(server, "POST", "/api/auth/password", old_token, wrong)
+    assert status == 401
+
+    right = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    status, body = await api(server, "POST", "/api/auth/password", old_token, right)
+    assert status == 200, body
+    status, _ = await api(server, "GET", "/api/chats", body["token"])
+    assert status == 200
+    status, _ = await api(server, "GET", "/api/chats", old_token)
+    assert status == 401
+
+
+async def test_admin_keeps_own_rights(server: ServerProcess) -> None:
+    token = await admin_token(server)
+    _, body = await api(server, "GET", "/api/admin/agents", token)
+    root_id = body["agents"][0]["id"]
+    for change in ({"disabled": True}, {"is_admin": False}):
+        status, body = await api(
+            server, "PATCH", f"/api/admin/agents/{root_id}", token, change
+        )
+        assert status == 409, body
+
+
+async def test_update_capacity_and_departments(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_DEPARTMENTS="sales,billing")
+    clients = Clients(server)
+    try:
+        token = await admin_token(server)
+        agent = await clients.agent()
+        _, body = await api(server, "GET", "/api/admin/agents", token)
+        alice = next(item for item in body["agents"] if item["name"] == "Alice")
+        path = f"/api/admin/agents/{alice['id']}"
+
+        change = {"max_chats": 4, "departments": ["sales"]}
+        status, body = await api(server, "PATCH", path, token, change)
+        assert status == 200, body
+        assert (body["agent"]["max_chats"], body["agent"]["serving"]) == (4, ["sales"])
+        updated = await agent.next("agent_updated")
+        assert updated["serving"] == ["sales"]
+
+        status, body = await api(server, "PATCH", path, token, {"departments": None})
+        assert body["agent"]["serving"] is None
+        status, body = await api(server, "PATCH", path, token, {"departments": ["x"]})
+        assert status == 400
+        status, body = await api(
+            server, "PATCH", "/api/admin/agents/nobody", token, {"max_chats": 2}
+        )
+        assert status == 404
+    finally:
+        await clients.close()
