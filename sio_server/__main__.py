@@ -16,20 +16,13 @@ from .app import create_app
 from .auth import hash_password
 from .config import Settings, load_settings
 from .errors import ChatServerError
+from .logs import configure_logging
 from .store import create_store
 
 # The kernel caps the listen backlog at net.core.somaxconn (4096 on current
 # Linux), so a larger value gains nothing there.
 LISTEN_BACKLOG = 4096
 GC_YOUNG_THRESHOLD = 100_000
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def serve(settings: Settings) -> None:
@@ -50,15 +43,15 @@ def serve(settings: Settings) -> None:
         logging.getLogger("aiohttp.access") if settings.log_level == "DEBUG" else None
     )
     app.on_startup.append(_freeze_startup_objects)
-    # Requests still open after the connections were closed get this many
-    # seconds before the process exits anyway.
+    # Requests still open after the connections were closed get this long
+    # before the process exits anyway.
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         print=announce,
         access_log=access_log,
-        shutdown_timeout=5,
+        shutdown_timeout=settings.shutdown_timeout_s,
         # After a restart every client reconnects at once; the default backlog
         # of 128 makes part of such a storm fail its TCP handshake.
         backlog=LISTEN_BACKLOG,
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_settings()
-        _configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if args.command in (None, "serve"):
             try:
                 serve(settings)
@@ -144,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--email must be an email address and --name non-empty"
             )
         password = _read_password(args.password_stdin)
-        if len(password) < 8:
-            raise ChatServerError("the password must have at least 8 characters")
+        if len(password) < 10:
+            raise ChatServerError("the password must have at least 10 characters")
         agent_id = asyncio.run(
             _create_agent(settings, email, name, password, args.admin)
         )

@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         # Handlers still running when the connections dropped finish before
         # the store closes.
-        await service.drain(timeout_s=5)
+        await service.drain(timeout_s=settings.shutdown_timeout_s)
         await service.stop()
         await store.close()
 

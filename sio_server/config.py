@@ -55,6 +55,10 @@ class Settings:
     max_payload_bytes: int = 1_000_000
     ws_compression: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"
+    # Seconds that running handlers and open requests get to finish on
+    # SIGTERM or SIGINT before the process exits anyway.
+    shutdown_timeout_s: float = 10.0
     departments: tuple[Department, ...] = ()
     # Zero turns a timeout off.
     queue_timeout_s: float = 600.0
@@ -174,6 +178,13 @@ def _parse_log_level(raw: str) -> str:
     return level
 
 
+def _parse_log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return value
+
+
 def _parse_database_url(raw: str) -> str:
     if raw and not raw.startswith("sqlite:///"):
         raise ValueError("only sqlite:///PATH URLs are supported by this build")
@@ -197,6 +208,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_payload_bytes": _parse_positive_int,
     "ws_compression": _parse_switch,
     "log_level": _parse_log_level,
+    "log_format": _parse_log_format,
+    "shutdown_timeout_s": _parse_positive_float,
     "departments": _parse_departments,
     "queue_timeout_s": _parse_timeout,
     "agent_reply_timeout_s": _parse_timeout,

@@ -392,6 +392,26 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "store": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Tell a load balancer whether to send new connections here.
+
+    Ready means the store answers and the server is not shutting down; a
+    process that is alive but not ready fails this check and passes
+    `/healthz`.
+    """
+    service = request.app[SERVICE_KEY]
+    if service.closing:
+        return web.json_response({"status": "closing"}, status=503)
+    try:
+        await service.store.ping()
+    except Exception as exc:
+        logger.error("readiness check failed: store unreachable: %s", exc)
+        return web.json_response(
+            {"status": "error", "store": "unreachable"}, status=503
+        )
+    return web.json_response({"status": "ready", "store": "ok"})
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Expose counters and gauges in the Prometheus text format."""
     registry = await request.app[METRICS_KEY].collect(request.app[SERVICE_KEY])
@@ -418,4 +438,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/admin/agents/{agent_id}/password", admin_reset_password)
     app.router.add_get("/api/admin/audit", admin_audit)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from .service import ChatService
@@ -40,6 +40,30 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
+        self.time_to_match = Histogram(
+            "chat_time_to_match_seconds",
+            "Time from entering the queue to an agent taking the chat.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
+        self.first_reply = Histogram(
+            "chat_first_agent_reply_seconds",
+            "Time from an agent taking a chat to its first message there.",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "chat_duration_seconds",
+            "Time from an agent taking a chat to its end.",
+            buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+        self._chats = Gauge(
+            "chat_chats",
+            "Chats in the store, by status.",
+            ["status"],
+            registry=self.registry,
+        )
         self._sockets = Gauge(
             "chat_connected_sockets",
             "Connected Socket.IO clients, by role.",
@@ -66,6 +90,9 @@ class Metrics:
         for role in ("visitor", "agent"):
             self._sockets.labels(role).set(service.presence.socket_count(role))
             self._people.labels(role).set(service.presence.person_count(role))
+        counts = await service.store.count_chats_by_status()
+        for status in ("queued", "active", "ended", "missed"):
+            self._chats.labels(status).set(counts.get(status, 0))
         summary = await service.queue_summary()
         self._queued.set(summary["queued"])
         self._oldest.set(summary["oldest_wait_s"] or 0)

@@ -141,6 +141,9 @@ class ChatService:
         )
         self._sent_positions: dict[str, tuple[int, int, float | None]] = {}
         self._timers: asyncio.Task[None] | None = None
+        # Chats whose agent has not written yet, with the time it took them,
+        # for the first-reply histogram.
+        self._awaiting_reply: dict[str, float] = {}
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -702,6 +705,7 @@ class ChatService:
     ) -> None:
         """Tell everyone that a chat left `old_agent` for a new agent or the queue."""
         # The caller has the chat lock.
+        self._awaiting_reply.pop(chat.id, None)
         room = chat_room(chat.id)
         for sid in self.presence.sockets(("agent", old_agent)):
             await self.sio.leave_room(sid, room)
@@ -735,6 +739,7 @@ class ChatService:
     ) -> None:
         """Put the chat's agent in its room and send it the chat so far."""
         assert chat.agent_id is not None
+        self._awaiting_reply[chat.id] = time.monotonic()
         for sid in self.presence.sockets(("agent", chat.agent_id)):
             await self.sio.enter_room(sid, chat_room(chat.id))
         messages, has_more = await self.store.list_messages(
@@ -843,6 +848,11 @@ class ChatService:
             )
             if created:
                 self.metrics.messages.labels(connection.role).inc()
+                taken_at = None
+                if connection.role == "agent":
+                    taken_at = self._awaiting_reply.pop(chat_id, None)
+                if taken_at is not None:
+                    self.metrics.first_reply.observe(time.monotonic() - taken_at)
                 await self.sio.emit(
                     "message",
                     message.to_wire(),
@@ -924,9 +934,11 @@ class ChatService:
     async def _announce_end(self, chat: Chat) -> None:
         """Tell the room that a chat ended or was missed, then close the room."""
         # The caller has the chat lock.
+        self._awaiting_reply.pop(chat.id, None)
         if chat.assigned_at is not None and chat.ended_at is not None:
             duration = parse_time(chat.ended_at) - parse_time(chat.assigned_at)
             self.estimator.record_duration(duration.total_seconds())
+            self.metrics.duration.observe(duration.total_seconds())
         room = chat_room(chat.id)
         await self.sio.emit(
             "chat_ended",
@@ -995,6 +1007,7 @@ class ChatService:
         if chat.queued_at is not None and chat.assigned_at is not None:
             wait = parse_time(chat.assigned_at) - parse_time(chat.queued_at)
             self.estimator.record_wait(wait.total_seconds())
+            self.metrics.time_to_match.observe(wait.total_seconds())
         self._sent_positions.pop(chat.id, None)
         self.metrics.chat_events.labels("matched").inc()
         logger.info(

@@ -117,7 +117,7 @@ def test_create_agent_short_password(tmp_path: Path) -> None:
         stdin="short\n",
     )
     assert result.returncode == 2
-    assert "at least 8 characters" in result.stderr
+    assert "at least 10 characters" in result.stderr
 
 
 def test_serve_bad_setting_exits(tmp_path: Path) -> None:

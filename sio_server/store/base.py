@@ -268,6 +268,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def count_chats_by_status(self) -> dict[str, int]:
+        """Count chats per status; statuses without chats may be left out."""
+
+    @abstractmethod
     async def count_queued(self) -> int:
         """Count the chats waiting in every queue."""
 

@@ -831,6 +831,12 @@ class SQLiteStore(Store):
         )
         return int(row[0]) if row else 0
 
+    async def count_chats_by_status(self) -> dict[str, int]:
+        rows = await self._read_all(
+            "SELECT status, COUNT(*) FROM chats GROUP BY status"
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
     async def count_queued(self) -> int:
         row = await self._read_one("SELECT COUNT(*) FROM chats WHERE status = 'queued'")
         return int(row[0]) if row else 0

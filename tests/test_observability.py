@@ -1,0 +1,130 @@
+"""Metrics, readiness, log lines, and a SIGTERM in the middle of a chat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from tests.support import ChatClient, Clients, ServerProcess, matched_pair
+
+
+async def scrape(server: ServerProcess) -> dict[str, float]:
+    """Return every sample of /metrics by its name and labels."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/metrics") as response,
+    ):
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+def say(chat_id: str, text: str) -> dict[str, str]:
+    return {"chat_id": chat_id, "text": text, "client_id": text}
+
+
+async def test_metrics_follow_a_chat(server: ServerProcess, clients: Clients) -> None:
+    agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
+    before = await scrape(server)
+    assert before["chat_time_to_match_seconds_count"] == 1
+    assert before['chat_chats{status="active"}'] == 1
+    assert before['chat_connected_sockets{role="visitor"}'] == 1
+    assert before["chat_first_agent_reply_seconds_count"] == 0
+
+    assert (await agent.call("message", say(chat_id, "hello")))["ok"]
+    assert (await agent.call("message", say(chat_id, "again")))["ok"]
+    assert (await visitor.call("agent_ready"))["error"]["code"] == "forbidden"
+    assert (await visitor.call("end_chat", {"chat_id": chat_id}))["ok"]
+
+    after = await scrape(server)
+    assert after["chat_first_agent_reply_seconds_count"] == 1
+    assert after["chat_duration_seconds_count"] == 1
+    assert after['chat_chats{status="ended"}'] == 1
+    assert after['chat_chats{status="active"}'] == 0
+    assert after['chat_messages_total{role="agent"}'] == 2
+    assert after['chat_messages_total{role="visitor"}'] == 1
+    assert after['chat_event_errors_total{code="forbidden"}'] == 1
+    assert after['chat_lifecycle_total{transition="ended"}'] == 1
+
+
+async def test_readyz(server: ServerProcess) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/readyz") as response,
+    ):
+        assert response.status == 200
+        assert await response.json() == {"status": "ready", "store": "ok"}
+
+
+async def test_json_logs_without_message_text(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_LOG_FORMAT="json")
+    agent, visitor, chat_id = await matched_pair(clients)
+    secret = "my card number is 4111"
+    assert (await visitor.call("message", say(chat_id, secret)))["ok"]
+    assert (await agent.call("end_chat", {"chat_id": chat_id}))["ok"]
+    await asyncio.sleep(0.2)
+
+    log = clients.server.log()
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    messages = [entry["message"] for entry in entries]
+    for event in ("connect sid=", "queued chat=", "matched chat=", "ended chat="):
+        assert any(line.startswith(event) for line in messages), event
+    assert all(
+        {"time", "level", "logger", "message"} <= set(entry) for entry in entries
+    )
+    assert secret not in log
+    assert agent.auth["token"] not in log
+    assert visitor.auth["token"] not in log
+
+
+async def send_until_dropped(
+    client: ChatClient, chat_id: str, acked: list[dict[str, Any]]
+) -> None:
+    for n in range(2000):
+        try:
+            reply = await client.call("message", say(chat_id, f"m{n}"), timeout=2)
+        except Exception:
+            return
+        if not reply["ok"]:
+            # Refused while the server drains: the client would retry later.
+            return
+        acked.append(reply["message"])
+
+
+async def test_sigterm_mid_chat_loses_nothing(
+    server: ServerProcess, clients: Clients
+) -> None:
+    agent, visitor, chat_id = await matched_pair(clients)
+    acked: list[dict[str, Any]] = []
+    sender = asyncio.create_task(send_until_dropped(visitor, chat_id, acked))
+    await asyncio.sleep(0.5)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(server.process.wait, 15)
+    await sender
+    assert acked, "no message was acknowledged before the signal"
+
+    server.start()
+    for client in (agent, visitor):
+        await client.next("session", timeout=20)
+    # The chat goes on, and the agent reads every acknowledged message once.
+    history = await agent.call("history", {"chat_id": chat_id, "limit": 500})
+    stored = [message["client_id"] for message in history["messages"]]
+    assert stored[: len(acked)] == [message["client_id"] for message in acked]
+    assert len(stored) == len(set(stored))
+    agent.drain("message")
+    reply = await visitor.call("message", say(chat_id, "still here"))
+    assert reply["ok"], reply
+    assert (await agent.next("message", timeout=5))["text"] == "still here"
