@@ -8,13 +8,17 @@ PIP := $(VENV)/bin/pip
 # download is not used.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format bench bench-quick screenshots clean
+.PHONY: run test fuzz lint format bench bench-quick screenshots clean
 
 run: $(VENV)/.runtime node_modules/.installed
 	$(PY) -m sio_server serve
 
 test: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
 	$(PY) -m pytest
+
+# The long form of the fuzz and churn tests, which `make test` runs short.
+fuzz: $(VENV)/.dev node_modules/.installed
+	FUZZ_EXAMPLES=5000 CHURN_CYCLES=3000 $(PY) -m pytest tests/test_fuzz.py tests/test_churn.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check sio_server tests bench

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 
 if TYPE_CHECKING:
     from .service import ChatService
@@ -15,6 +21,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Resident memory, CPU time and open files of this process.
+        ProcessCollector(registry=self.registry)
         self.messages = Counter(
             "chat_messages_total",
             "Messages stored, by sender role.",
@@ -64,6 +72,12 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self._tracked = Gauge(
+            "chat_tracked_entries",
+            "Entries kept in memory per chat or person, by kind; for leak checks.",
+            ["kind"],
+            registry=self.registry,
+        )
         self._sockets = Gauge(
             "chat_connected_sockets",
             "Connected Socket.IO clients, by role.",
@@ -90,6 +104,8 @@ class Metrics:
         for role in ("visitor", "agent"):
             self._sockets.labels(role).set(service.presence.socket_count(role))
             self._people.labels(role).set(service.presence.person_count(role))
+        for kind, count in service.tracked_entries().items():
+            self._tracked.labels(kind).set(count)
         counts = await service.store.count_chats_by_status()
         for status in ("queued", "active", "ended", "missed"):
             self._chats.labels(status).set(counts.get(status, 0))

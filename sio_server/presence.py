@@ -107,6 +107,9 @@ class Presence:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def timer_count(self) -> int:
+        return len(self._timers)
+
     def close(self) -> None:
         """Cancel every pending timer, as on shutdown."""
         for timer in self._timers.values():
@@ -119,6 +122,9 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:

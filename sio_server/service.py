@@ -1062,6 +1062,21 @@ class ChatService:
             "queue_changed", await self.queue_summary(), room=AGENTS_ROOM
         )
 
+    def tracked_entries(self) -> dict[str, int]:
+        """Count the per-chat and per-person entries held in memory.
+
+        Each count returns to its idle value when the chats end and the
+        people leave; one that keeps growing is a leak.
+        """
+        return {
+            "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
+            "chat_locks": len(self._chat_locks),
+            "person_locks": len(self._person_locks),
+            "queue_positions": len(self._sent_positions),
+            "awaiting_reply": len(self._awaiting_reply),
+            "grace_timers": self.presence.timer_count(),
+        }
+
     async def queue_summary(self) -> dict[str, Any]:
         entries = await self.store.queue_entries()
         oldest = None
