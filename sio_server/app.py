@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from socket import gethostname
 
 import socketio
 from aiohttp import web
@@ -69,8 +70,21 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS_KEY] = metrics
     sio.attach(app)
     register_events(sio, service)
+    if settings.admin_ui:
+        # Production mode reports counts only: development mode would stream
+        # every event, message text included, to the UI.
+        sio.instrument(
+            auth=service.admin_ui_login,
+            mode="production",
+            read_only=settings.admin_ui_read_only,
+            server_id=f"{gethostname()}:{settings.port}",
+        )
+        logger.info(
+            "Socket.IO Admin UI at /admin-ui/ for admin accounts (%s)",
+            "read-only" if settings.admin_ui_read_only else "read and write",
+        )
     add_routes(app)
-    add_page_routes(app)
+    add_page_routes(app, admin_ui=settings.admin_ui)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()

@@ -83,6 +83,10 @@ class Settings:
     # Take the client address from the last X-Forwarded-For entry, which the
     # reverse proxy in front of the server appends.
     trust_forwarded_for: bool = False
+    # The Socket.IO Admin UI at /admin-ui/, for admin accounts; read-only
+    # unless turned off here.
+    admin_ui: bool = False
+    admin_ui_read_only: bool = True
 
     @property
     def department_ids(self) -> frozenset[str]:
@@ -225,6 +229,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_queue": _parse_positive_int,
     "max_connections": _parse_positive_int,
     "trust_forwarded_for": _parse_switch,
+    "admin_ui": _parse_switch,
+    "admin_ui_read_only": _parse_switch,
 }
 
 

@@ -1,4 +1,4 @@
-"""Static pages: the demo shop at `/`, the widget script, and the agent dashboard."""
+"""Static pages: the demo shop at `/`, the widget, the dashboard and the Admin UI."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ logger = logging.getLogger("sio_server.pages")
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_DIR = ROOT / "web"
-SOCKET_IO_CLIENT = (
-    ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
-)
+NODE_MODULES = ROOT / "node_modules"
+SOCKET_IO_CLIENT = NODE_MODULES / "socket.io-client" / "dist" / "socket.io.min.js"
+ADMIN_UI_DIR = NODE_MODULES / "@socket.io" / "admin-ui" / "ui" / "dist"
+ICON_FONT_DIR = NODE_MODULES / "@mdi" / "font"
+# The Admin UI's page loads a web font from Google and its icons from a CDN;
+# it gets the icons from our own origin instead, and a system font.
+_ADMIN_UI_REPLACED = {
+    '<link rel="stylesheet" href="https://fonts.googleapis.com/css?'
+    'family=Roboto:100,300,400,500,700,900">': "",
+    "https://cdn.jsdelivr.net/npm/@mdi/font@latest/css/materialdesignicons.min.css": (
+        "icons/css/materialdesignicons.min.css"
+    ),
+}
 
 # Pages of our own origin may run only our own scripts. The widget's styles
 # live in a <style> element inside its shadow root, hence 'unsafe-inline' for
@@ -70,7 +80,47 @@ async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
     raise web.HTTPPermanentRedirect("/agent/")
 
 
-def add_page_routes(app: web.Application) -> None:
+def _inside(folder: Path, relative: str) -> Path:
+    """Return `folder / relative`; raise 404 for a path that leads out of `folder`."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise web.HTTPNotFound(reason="no such file")
+    return path
+
+
+async def admin_ui_page(request: web.Request) -> web.Response:
+    """Serve the Socket.IO Admin UI's page, with its assets on our own origin."""
+    path = ADMIN_UI_DIR / "index.html"
+    if not path.is_file():
+        raise web.HTTPNotFound(reason="the Admin UI is missing: run `make run`")
+    html = path.read_text(encoding="utf-8")
+    for old, new in _ADMIN_UI_REPLACED.items():
+        html = html.replace(old, new)
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def admin_ui_asset(request: web.Request) -> web.FileResponse:
+    """Serve the Admin UI's scripts, styles and images from node_modules."""
+    return _file(_inside(ADMIN_UI_DIR, request.match_info["path"]), cache_s=3600)
+
+
+async def admin_ui_icons(request: web.Request) -> web.FileResponse:
+    """Serve the icon font that the Admin UI uses."""
+    path = request.match_info["path"]
+    if not path.startswith(("css/", "fonts/")):
+        raise web.HTTPNotFound(reason="no such file")
+    return _file(_inside(ICON_FONT_DIR, path), cache_s=3600)
+
+
+async def admin_ui_redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect("/admin-ui/")
+
+
+def add_page_routes(app: web.Application, *, admin_ui: bool = False) -> None:
     if not SOCKET_IO_CLIENT.is_file():
         logger.warning(
             "%s is missing, so the widget and dashboard cannot connect: run `npm ci`",
@@ -82,3 +132,8 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_get("/agent", dashboard_redirect)
     app.router.add_get("/agent/", dashboard)
     app.router.add_get("/agent/{name}", dashboard_asset)
+    if admin_ui:
+        app.router.add_get("/admin-ui", admin_ui_redirect)
+        app.router.add_get("/admin-ui/", admin_ui_page)
+        app.router.add_get("/admin-ui/icons/{path:.+}", admin_ui_icons)
+        app.router.add_get("/admin-ui/{path:.+}", admin_ui_asset)

@@ -21,7 +21,7 @@ from typing import Any
 import socketio
 
 from . import schemas
-from .auth import TokenSigner, hash_password
+from .auth import TokenSigner, hash_password, verify_password_async
 from .config import Settings
 from .errors import (
     Forbidden,
@@ -321,6 +321,26 @@ class ChatService:
                 "the password changed since this token was issued: sign in again"
             )
         return agent
+
+    async def admin_ui_login(self, client_auth: Any) -> bool:
+        """Check the Admin UI's `{"username", "password"}` against admin accounts."""
+        if not isinstance(client_auth, dict):
+            return False
+        email, password = client_auth.get("username"), client_auth.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            return False
+        try:
+            self.limiter.check(self.login_account_limit, email.lower())
+        except RateLimited:
+            return False
+        agent = await self.store.get_agent_by_email(email)
+        password_hash = agent.password_hash if agent else None
+        valid = await verify_password_async(password_hash, password)
+        if not valid or agent is None or not agent.is_admin or agent.disabled:
+            logger.warning("Admin UI login rejected for an account")
+            return False
+        logger.info("Admin UI login agent=%s", agent.id)
+        return True
 
     def issue_agent_token(self, agent: Agent) -> str:
         return self.signer.issue("agent", agent.id, agent.token_version)
