@@ -40,6 +40,8 @@ def register_events(sio: socketio.AsyncServer, service: ChatService) -> None:
         "transfer_chat": (schemas.TransferChat, service.transfer_chat),
         "note": (schemas.AddNote, service.add_note),
         "list_notes": (schemas.ListNotes, service.list_notes),
+        "watch_chat": (schemas.WatchChat, service.watch_chat),
+        "unwatch_chat": (schemas.WatchChat, service.unwatch_chat),
     }
     for name, (model, handler) in events.items():
         sio.on(name, _make_handler(service, name, model, handler))

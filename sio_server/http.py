@@ -369,6 +369,12 @@ async def admin_reset_password(request: web.Request) -> web.Response:
     return web.json_response({"agent": agent.to_wire()})
 
 
+async def admin_overview(request: web.Request) -> web.Response:
+    """Return the supervisor's view: queue, agents with load, active chats."""
+    await _admin(request)
+    return web.json_response(await request.app[SERVICE_KEY].overview())
+
+
 async def admin_audit(request: web.Request) -> web.Response:
     """List administrative changes newest first; page with `before_id`."""
     await _admin(request)
@@ -437,6 +443,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/api/admin/agents/{agent_id}", admin_update_agent)
     app.router.add_post("/api/admin/agents/{agent_id}/password", admin_reset_password)
     app.router.add_get("/api/admin/audit", admin_audit)
+    app.router.add_get("/api/admin/overview", admin_overview)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -178,6 +178,10 @@ class ListNotes(Payload):
     chat_id: Identifier
 
 
+class WatchChat(Payload):
+    chat_id: Identifier
+
+
 class CannedResponseBody(Payload):
     shortcut: Shortcut
     text: MessageText

@@ -662,6 +662,69 @@ class ChatService:
             await self.sio.disconnect(sid)
         logger.info("signed out agent=%s reason=%s", agent_id, reason)
 
+    async def overview(self) -> dict[str, Any]:
+        """Return the live queue, every agent with its load, and the active chats."""
+        now = datetime.now(UTC)
+        queue = []
+        for position, entry in enumerate(await self.store.queue_entries(), start=1):
+            waited = (now - parse_time(entry.queued_at)).total_seconds()
+            queue.append(
+                {
+                    "chat_id": entry.chat_id,
+                    "visitor_id": entry.visitor_id,
+                    "department": entry.department,
+                    "position": position,
+                    "waited_s": round(waited, 1),
+                }
+            )
+        agents = [
+            {**item.agent.to_wire(), "online": item.connected, "load": item.load}
+            for item in await self.store.list_agent_loads()
+        ]
+        chats = await self.store.list_chats(status="active", limit=500)
+        return {
+            "queue": queue,
+            "agents": agents,
+            "chats": [chat.to_wire() for chat in chats],
+        }
+
+    async def watch_chat(
+        self, connection: Connection, payload: schemas.WatchChat
+    ) -> dict[str, Any]:
+        """Let an admin's socket follow a chat read-only, from its history on."""
+        await self._require_admin(connection, "watch_chat")
+        chat = await self.store.get_chat(payload.chat_id)
+        if chat is None:
+            raise NotFound(f"chat {payload.chat_id!r} not found")
+        if not chat.closed:
+            await self.sio.enter_room(connection.sid, chat_room(chat.id))
+        messages, has_more = await self.store.list_messages(
+            chat.id, limit=STARTED_MESSAGES_LIMIT
+        )
+        notes = await self.store.list_notes(chat.id)
+        logger.info("admin=%s watches chat=%s", connection.person_id, chat.id)
+        return reply(
+            chat=chat.to_wire(),
+            messages=[message.to_wire() for message in messages],
+            has_more=has_more,
+            notes=[note.to_wire() for note in notes],
+        )
+
+    async def unwatch_chat(
+        self, connection: Connection, payload: schemas.WatchChat
+    ) -> dict[str, Any]:
+        await self._require_admin(connection, "unwatch_chat")
+        chat = await self.store.get_chat(payload.chat_id)
+        if chat is not None and chat.agent_id != connection.person_id:
+            await self.sio.leave_room(connection.sid, chat_room(chat.id))
+        return reply()
+
+    async def _require_admin(self, connection: Connection, event: str) -> None:
+        require_role(connection, "agent", event)
+        agent = await self.store.get_agent(connection.person_id)
+        if agent is None or not agent.is_admin:
+            raise Forbidden(f"{event} is for admins only")
+
     async def agent_away(
         self, connection: Connection, payload: schemas.AgentAway
     ) -> dict[str, Any]:

@@ -206,3 +206,41 @@ async def test_update_capacity_and_departments(
         assert status == 404
     finally:
         await clients.close()
+
+
+async def test_supervisor_overview_and_watch(
+    server: ServerProcess, clients: Clients
+) -> None:
+    token = await admin_token(server)
+    agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
+    waiting = await clients.visitor()
+    queued_id = (await waiting.call("join_queue"))["chat"]["id"]
+
+    status, body = await api(server, "GET", "/api/admin/overview", token)
+    assert status == 200, body
+    assert [entry["chat_id"] for entry in body["queue"]] == [queued_id]
+    assert body["queue"][0]["position"] == 1
+    assert [chat["id"] for chat in body["chats"]] == [chat_id]
+    alice = next(item for item in body["agents"] if item["name"] == "Alice")
+    assert (alice["load"], alice["online"]) == (1, True)
+    status, _ = await api(server, "GET", "/api/admin/overview", agent.auth["token"])
+    assert status == 403
+
+    root = clients.client({"role": "agent", "token": token})
+    await root.connect()
+    watched = await root.call("watch_chat", {"chat_id": chat_id})
+    assert watched["ok"], watched
+    assert [m["text"] for m in watched["messages"]] == ["hi"]
+    said = {"chat_id": chat_id, "text": "from the visitor", "client_id": "v2"}
+    assert (await visitor.call("message", said))["ok"]
+    assert (await root.next("message"))["text"] == "from the visitor"
+    # Watching is read-only.
+    reply = await root.call("message", {**said, "client_id": "r1"})
+    assert reply["error"]["code"] == "forbidden"
+    reply = await agent.call("watch_chat", {"chat_id": chat_id})
+    assert reply["error"]["code"] == "forbidden"
+
+    assert (await root.call("unwatch_chat", {"chat_id": chat_id}))["ok"]
+    said = {"chat_id": chat_id, "text": "after", "client_id": "v3"}
+    assert (await visitor.call("message", said))["ok"]
+    await root.no_more("message")
