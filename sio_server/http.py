@@ -84,7 +84,7 @@ async def error_middleware(
 
 
 # Routes that browsers may call only from the server's own or a listed origin.
-_CHECKED_PREFIXES = ("/api/", "/agent/")
+_CHECKED_PREFIXES = ("/api/", "/agent/", "/admin/")
 _CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",

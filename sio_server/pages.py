@@ -80,6 +80,22 @@ async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
     raise web.HTTPPermanentRedirect("/agent/")
 
 
+async def admin_page(request: web.Request) -> web.FileResponse:
+    """Serve the admin pages: team management, the audit log, supervision."""
+    return _file(WEB_DIR / "admin" / "index.html", page=True)
+
+
+async def admin_asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in {"admin.js", "admin.css"}:
+        raise web.HTTPNotFound(reason=f"no admin file named {name!r}")
+    return _file(WEB_DIR / "admin" / name, cache_s=60)
+
+
+async def admin_redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect("/admin/")
+
+
 def _inside(folder: Path, relative: str) -> Path:
     """Return `folder / relative`; raise 404 for a path that leads out of `folder`."""
     path = (folder / relative).resolve()
@@ -132,6 +148,9 @@ def add_page_routes(app: web.Application, *, admin_ui: bool = False) -> None:
     app.router.add_get("/agent", dashboard_redirect)
     app.router.add_get("/agent/", dashboard)
     app.router.add_get("/agent/{name}", dashboard_asset)
+    app.router.add_get("/admin", admin_redirect)
+    app.router.add_get("/admin/", admin_page)
+    app.router.add_get("/admin/{name}", admin_asset)
     if admin_ui:
         app.router.add_get("/admin-ui", admin_ui_redirect)
         app.router.add_get("/admin-ui/", admin_ui_page)

@@ -1,0 +1,2 @@
+// The admin pages: team management, audit log and supervision.
+"use strict";
