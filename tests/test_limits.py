@@ -41,8 +41,8 @@ def stored_texts(server: ServerProcess, chat_id: str) -> list[str]:
 async def after_waiting(attempt: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
     """Wait `wait_s`, then retry `attempt` while it is still rate-limited.
 
-    A sliding window lets the count fall gradually, so a retry at the
-    suggested time can meet the limit once more; a few rounds must do.
+    The suggested time is rounded up to whole seconds; should a retry still
+    meet the limit, a few more rounds must do.
     """
     result = None
     for _ in range(4):
