@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
 from typing import Any
 
+import engineio
 import engineio.payload
 import orjson
 import socketio
@@ -122,6 +125,103 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
                 await self.server._send_eio_packet(eio_sid, frame)
 
 
+class PacketQueue:
+    """An unbounded FIFO with the part of `asyncio.Queue` that python-engineio uses.
+
+    Each socket has one, for the packets waiting to go out. An idle socket's
+    `asyncio.Queue` holds three deques and an event, about 3 KB; this one
+    keeps its item and waiter lists only while they hold something.
+    """
+
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+        self._joiners: list[asyncio.Future[None]] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        self._unfinished += 1
+        self._wake_getter()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiter.cancel()
+                if self._getters is not None and waiter in self._getters:
+                    self._getters.remove(waiter)
+                if self._items and not waiter.cancelled():
+                    # Woken and cancelled at once: the item goes to the next.
+                    self._wake_getter()
+                raise
+        return self.get_nowait()
+
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._joiners:
+            for joiner in self._joiners:
+                if not joiner.done():
+                    joiner.set_result(None)
+            self._joiners = None
+
+    async def join(self) -> None:
+        if self._unfinished == 0:
+            return
+        joiner = asyncio.get_running_loop().create_future()
+        if self._joiners is None:
+            self._joiners = []
+        self._joiners.append(joiner)
+        await joiner
+
+    def _wake_getter(self) -> None:
+        while self._getters:
+            waiter = self._getters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if not self._getters:
+            self._getters = None
+
+
+class ChatEngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with a lighter outgoing queue per socket."""
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
+        # NOTE: python-engineio 4.x calls this for each socket's outgoing
+        # queue and uses put, put_nowait, get, get_nowait, task_done, join
+        # and empty on it, as PacketQueue provides.
+        return PacketQueue()
+
+
 class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     """An `AsyncServer` that replies to malformed events instead of raising.
 
@@ -144,6 +244,9 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # only.
             self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
         self.bad_packets = 0
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return ChatEngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
