@@ -159,8 +159,9 @@ async def test_admin_cannot_disable_itself(
     await server.create_agent("root@example.com", "Root", is_admin=True)
     page = await admin_page(browser, watch, server, "root@example.com")
 
-    await page.get_by_role("button", name="Manage Root").click()
-    await page.get_by_role("button", name="Disable account").click()
+    await page.get_by_role("button", name="Manage Root").press("Enter")
+    await expect(page.get_by_role("button", name="Disable account")).to_be_focused()
+    await page.keyboard.press("Enter")
     await expect(page.locator("#agent-dialog-error")).to_contain_text(
         "admins cannot disable themselves"
     )
@@ -212,7 +213,16 @@ async def test_non_admin_sees_notice(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:
     await server.create_agent("ann@example.com", "Ann")
-    page = await sign_in(browser, watch, server, "ann@example.com")
+    page = await new_page(browser, watch, "admin")
+    await page.goto(f"{server.url}/admin/")
+    await page.fill("#email", "ann@example.com")
+    await page.fill("#password", "not the password")
+    await page.press("#password", "Enter")
+    await expect(page.locator("#signin-error")).to_have_text(
+        "Email or password is wrong."
+    )
+    await page.fill("#password", PASSWORD)
+    await page.press("#password", "Enter")
     notice = page.locator("#not-admin-text")
     await expect(notice).to_have_text(
         re.compile("^The account Ann is not an admin, so it cannot manage the team")

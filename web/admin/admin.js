@@ -149,10 +149,7 @@
     }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      ui.signinError.textContent =
-        response.status === 401 && !(body.error && /disabled/.test(body.error.message))
-          ? "Email or password is wrong."
-          : (body.error && body.error.message) || "Sign-in failed.";
+      ui.signinError.textContent = sentence((body.error && body.error.message) || "sign-in failed");
       return;
     }
     localStorage.setItem(TOKEN_KEY, body.token);
@@ -175,6 +172,13 @@
     showSignin();
   });
 
+  // Turn a server message such as "email or password is wrong" into a sentence.
+  function sentence(text) {
+    const trimmed = text.trim();
+    const ended = /[.!?]$/.test(trimmed) ? trimmed : trimmed + ".";
+    return ended.charAt(0).toUpperCase() + ended.slice(1);
+  }
+
   function forgetToken() {
     localStorage.removeItem(TOKEN_KEY);
     state.token = null;
@@ -191,6 +195,7 @@
     }
     state.socket = null;
     state.me = null;
+    ui.banner.hidden = true;
   }
 
   function showSignin(message) {
@@ -241,6 +246,11 @@
   // Socket.IO: needed for watching chats and to learn of a sign-out at once.
 
   function connect() {
+    if (typeof io !== "function") {
+      ui.banner.textContent = "The Socket.IO client did not load, so watching chats is unavailable. Reload the page.";
+      ui.banner.hidden = false;
+      return;
+    }
     const socket = io({ auth: { role: "agent", token: state.token } });
     state.socket = socket;
     socket.on("connect", () => {
