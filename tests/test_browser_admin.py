@@ -14,7 +14,7 @@ from tests.browser import PageWatch, launch_chromium, new_page
 from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
 
 NEW_PASSWORD = "a much longer passphrase"
-PHONE = {"viewport": {"width": 375, "height": 800}}
+PHONE_OPTIONS = {"viewport": {"width": 375, "height": 800}}
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 def watch() -> PageWatch:
-    """Collect script errors and dialogs; any of them fails the test."""
+    """Collect script errors and dialogs. Any of them fails the test."""
     pages = PageWatch()
     yield pages  # type: ignore[misc]
     assert pages.dialogs == []
@@ -90,7 +90,7 @@ async def test_admin_adds_and_disables_agent(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:
     await server.create_agent("root@example.com", "Root", is_admin=True)
-    page = await admin_page(browser, watch, server, "root@example.com", **PHONE)
+    page = await admin_page(browser, watch, server, "root@example.com", **PHONE_OPTIONS)
     await expect(team_row(page, "Root (you)")).to_be_visible()
 
     await page.fill("#add-form input[name=email]", "neo@example.com")

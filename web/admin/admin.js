@@ -95,8 +95,8 @@
     watch: null, // {chatId, chat, messages: Map(seq -> Message), notes, ended, button}
   };
 
-  // Requests. A 401 means the token no longer works, so the page asks for a
-  // new sign-in; a 403 on an admin route means the account is not an admin.
+  // Requests. A 401 means the token no longer works, so the page shows the
+  // sign-in form. A 403 on an admin route means the account is not an admin.
 
   class RequestError extends Error {
     constructor(status, message) {
@@ -212,9 +212,9 @@
     ui.app.hidden = true;
     ui.signin.hidden = true;
     ui.notAdmin.hidden = false;
-    const who = name ? "The account " + name + " is" : "This account is";
+    const subject = name ? "The account " + name + " is" : "This account is";
     ui.notAdminText.textContent =
-      who + " not an admin, so it cannot manage the team. Ask an admin for the role, or sign in with an admin account.";
+      subject + " not an admin, so it cannot manage the team. Ask an admin for the role, or sign in with an admin account.";
     ui.switchAccount.focus();
   }
 
@@ -244,6 +244,9 @@
   }
 
   // Socket.IO: needed for watching chats and to learn of a sign-out at once.
+  // NOTE: the server counts this socket as the admin being connected, so an
+  // admin left "ready" by the dashboard can be assigned chats while only this
+  // page is open.
 
   function connect() {
     if (typeof io !== "function") {
@@ -253,6 +256,7 @@
     }
     const socket = io({ auth: { role: "agent", token: state.token } });
     state.socket = socket;
+
     socket.on("connect", () => {
       ui.banner.hidden = true;
       // A reconnected socket is in no chat room, so watch again.
@@ -269,6 +273,7 @@
         ui.banner.hidden = false;
       }
     });
+
     socket.on("session", (session) => {
       state.me = { id: session.agent_id, name: session.name };
       ui.adminName.textContent = "Signed in as " + session.name;
@@ -288,6 +293,9 @@
         ui.teamError.textContent = "The team could not be loaded: " + error.message;
       });
     });
+
+    // Live events of the watched chat. The socket may also be in the rooms
+    // of this admin's own chats, so events of other chats are ignored.
     socket.on("message", (message) => {
       const watch = state.watch;
       if (!watch || message.chat_id !== watch.chatId) return;
@@ -468,7 +476,7 @@
     await afterChange();
   });
 
-  // Reload what an admin change affects; errors show in their sections.
+  // Reload the team and the audit log after a change. Errors appear in their own sections.
   async function afterChange() {
     try {
       await loadTeam();
@@ -538,7 +546,7 @@
   }
   ui.departmentsAll.addEventListener("change", syncDepartmentBoxes);
 
-  // Send one change of the agent in the dialog; show the outcome there.
+  // Send one change of the agent in the dialog and show the outcome there.
   async function changeAgent(method, path, body, done) {
     const agentId = state.editing;
     if (!agentId) return;
@@ -727,12 +735,13 @@
       ui.watchError.textContent = socket ? "Connecting to the server…" : "";
       return;
     }
+
     let reply;
     try {
       reply = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("watch_chat", { chat_id: chatId });
     } catch (error) {
       if (state.watch && state.watch.chatId === chatId) {
-        ui.watchError.textContent = "The server did not answer. Close the view and try again.";
+        ui.watchError.textContent = "The watch request timed out. Close the view and try again.";
       }
       return;
     }
@@ -742,6 +751,7 @@
       ui.watchError.textContent = "The chat cannot be watched: " + reply.error.message;
       return;
     }
+
     ui.watchError.textContent = "";
     watch.chat = reply.chat;
     watch.notes = reply.notes;
@@ -815,8 +825,11 @@
     for (const note of watch.notes) {
       items.push({ at: note.created_at, order: Infinity, node: noteNode(note) });
     }
-    // Timestamps are ISO 8601 in UTC, so they sort as strings.
-    items.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : a.order - b.order));
+    // The server writes times as YYYY-MM-DDTHH:MM:SS.mmmZ, so they sort as strings.
+    items.sort((a, b) => {
+      if (a.at !== b.at) return a.at < b.at ? -1 : 1;
+      return a.order - b.order;
+    });
     const nodes = items.map((item) => item.node);
     if (watch.ended) {
       const end = document.createElement("div");
@@ -826,7 +839,10 @@
     }
     log.replaceChildren(...nodes);
     if (atBottom) log.scrollTop = log.scrollHeight;
-    ui.watchTyping.textContent = watch.typing ? (watch.typing === "visitor" ? chat.visitor.name : agent) + " is typing…" : "";
+    let typist = "";
+    if (watch.typing === "visitor") typist = chat.visitor.name;
+    else if (watch.typing === "agent") typist = agent;
+    ui.watchTyping.textContent = typist ? typist + " is typing…" : "";
   }
 
   function messageNode(message) {
