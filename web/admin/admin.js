@@ -86,6 +86,8 @@
     socket: null,
     me: null, // {id, name} from the socket's session
     agents: new Map(), // agent id -> agent, from GET /api/admin/agents
+    agentsRequested: 0, // numbers the requests that return the agent list
+    agentsApplied: 0, // number of the request whose list is shown
     departments: [], // [{id, name}] from GET /api/departments
     overviewTimer: null,
     overviewBusy: false,
@@ -329,12 +331,21 @@
   // Team.
 
   async function loadTeam() {
+    const ticket = ++state.agentsRequested;
     const body = await api("GET", "/api/admin/agents");
-    state.agents = new Map(body.agents.map((agent) => [agent.id, agent]));
+    setAgents(body.agents, ticket);
     ui.teamError.textContent = "";
     renderTeam();
     renderDialog();
     renderAudit();
+  }
+
+  // Keep the agent list of the newest request, so an overview that was
+  // requested before a change cannot undo the change on screen.
+  function setAgents(agents, ticket) {
+    if (ticket < state.agentsApplied) return;
+    state.agentsApplied = ticket;
+    state.agents = new Map(agents.map((agent) => [agent.id, agent]));
   }
 
   async function loadDepartments() {
@@ -621,8 +632,10 @@
     if (state.overviewBusy || !state.token || document.hidden) return;
     state.overviewBusy = true;
     try {
+      const ticket = ++state.agentsRequested;
       const body = await api("GET", "/api/admin/overview");
       ui.overviewError.textContent = "";
+      setAgents(body.agents, ticket);
       renderOverview(body);
       ui.overviewUpdated.textContent = "Updated " + new Date().toLocaleTimeString();
     } catch (error) {
@@ -664,7 +677,6 @@
 
     // The overview lists every agent as GET /api/admin/agents does, so it
     // keeps the team table current too.
-    state.agents = new Map(overview.agents.map((agent) => [agent.id, agent]));
     renderTeam();
     renderDialog();
 
