@@ -15,6 +15,7 @@ from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
 
 NEW_PASSWORD = "a much longer passphrase"
 PHONE_OPTIONS = {"viewport": {"width": 375, "height": 800}}
+HOSTILE_TEXT = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture
@@ -303,6 +304,40 @@ async def test_supervision_shows_queue_and_watch(
     # Alice is free again, so the matchmaker gives her the waiting chat.
     await expect(chat_row.locator("td").nth(0)).to_have_text("Quinn", timeout=8000)
     await expect(page.locator("#queue-empty")).to_be_visible()
+
+
+async def test_watch_shows_notes_and_end(
+    browser: Browser, watch: PageWatch, clients: Clients
+) -> None:
+    server = clients.server
+    agent, _visitor, chat_id = await matched_pair(clients, first_message=HOSTILE_TEXT)
+    noted = await agent.call(
+        "note", {"chat_id": chat_id, "text": "Refund approved", "client_id": "n-1"}
+    )
+    assert noted["ok"], noted
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    page = await admin_page(browser, watch, server, "root@example.com")
+
+    await page.get_by_role("button", name="Watch the chat with Vera").click()
+    log = page.locator("#watch-log")
+    await expect(log.locator(".msg.visitor .text")).to_have_text([HOSTILE_TEXT])
+    assert await page.locator("img").count() == 0
+    note = log.locator(".msg.note")
+    await expect(note.locator(".text")).to_have_text("Refund approved")
+    await expect(note.locator(".meta")).to_have_text(
+        re.compile("^Internal note by Alice · ")
+    )
+
+    ended = await agent.call("end_chat", {"chat_id": chat_id})
+    assert ended["ok"], ended
+    await expect(log.locator(".msg.system")).to_have_text("The agent ended the chat.")
+    await expect(page.locator("#watch-state")).to_have_text(
+        "Read-only · General · ended"
+    )
+    await expect(page.locator("#chats-empty")).to_be_visible()
+    await page.get_by_role("button", name="Stop watching").click()
+    await expect(page.locator("#watch")).to_be_hidden()
+    await expect(page.locator("#chats-title")).to_be_focused()
 
 
 async def test_signed_out_returns_to_signin(
