@@ -340,6 +340,36 @@ async def test_watch_shows_notes_and_end(
     await expect(page.locator("#chats-title")).to_be_focused()
 
 
+async def test_watch_resumes_after_reconnect(
+    browser: Browser, watch: PageWatch, clients: Clients
+) -> None:
+    server = clients.server
+    _agent, visitor, chat_id = await matched_pair(clients, first_message="Hello")
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    page = await admin_page(browser, watch, server, "root@example.com")
+    await page.get_by_role("button", name="Watch the chat with Vera").click()
+    log = page.locator("#watch-log")
+    await expect(log.locator(".msg .text")).to_have_text(["Hello"])
+
+    await page.context.set_offline(True)
+    await expect(page.locator("#banner")).to_be_visible(timeout=30000)
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "While away", "client_id": "v-2"}
+    )
+    assert sent["ok"], sent
+    await page.context.set_offline(False)
+    await expect(page.locator("#banner")).to_be_hidden(timeout=30000)
+    # The new socket sends watch_chat again, whose reply has the missed message.
+    await expect(log.locator(".msg .text")).to_have_text(["Hello", "While away"])
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "Back again", "client_id": "v-3"}
+    )
+    assert sent["ok"], sent
+    await expect(log.locator(".msg .text")).to_have_text(
+        ["Hello", "While away", "Back again"]
+    )
+
+
 async def test_signed_out_returns_to_signin(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:
