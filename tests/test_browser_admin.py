@@ -389,6 +389,27 @@ async def test_signed_out_returns_to_signin(
     await expect(page.locator("#app")).to_be_hidden()
 
 
+async def test_dashboard_sign_out_reaches_admin_page(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    page = await admin_page(browser, watch, server, "root@example.com")
+    # A tab of the same browser shares localStorage, so it is signed in too.
+    dashboard = watch.attach(await page.context.new_page(), "agent")
+    await dashboard.goto(f"{server.url}/agent/")
+    await expect(dashboard.locator("#app")).to_be_visible()
+    await dashboard.get_by_role("link", name="Team administration").click()
+    await expect(dashboard.locator("#admin-name")).to_have_text("Signed in as Root")
+    await dashboard.goto(f"{server.url}/agent/")
+
+    await dashboard.click("#signout")
+    await expect(dashboard.locator("#signin")).to_be_visible()
+    await expect(page.locator("#signin-error")).to_have_text(
+        "This browser signed out in another tab. Sign in again."
+    )
+    await expect(page.locator("#app")).to_be_hidden()
+
+
 async def test_audit_pages_older_entries(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:

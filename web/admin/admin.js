@@ -94,7 +94,7 @@
     audit: [], // entries shown, newest first
     auditLoaded: false,
     editing: null, // id of the agent in the dialog
-    watch: null, // {chatId, chat, messages: Map(seq -> Message), notes, ended, button}
+    watch: null, // {chatId, chat, messages: Map(seq -> Message), notes, ended, typing}
   };
 
   // Requests. A 401 means the token no longer works, so the page shows the
@@ -108,7 +108,8 @@
   }
 
   async function api(method, path, body) {
-    const headers = { Authorization: "Bearer " + state.token };
+    const token = state.token;
+    const headers = { Authorization: "Bearer " + token };
     const options = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -123,10 +124,11 @@
     const data = await response.json().catch(() => ({}));
     if (response.ok) return data;
     const message = (data.error && data.error.message) || "The request failed with status " + response.status + ".";
-    if (response.status === 401) {
+    // A reply for a token that was replaced meanwhile says nothing about the new one.
+    if (token === state.token && response.status === 401) {
       forgetToken();
       showSignin("Your session has expired. Sign in again.");
-    } else if (response.status === 403 && path.startsWith("/api/admin/")) {
+    } else if (token === state.token && response.status === 403 && path.startsWith("/api/admin/")) {
       showNotAdmin();
     }
     throw new RequestError(response.status, message);
@@ -180,6 +182,20 @@
     const ended = /[.!?]$/.test(trimmed) ? trimmed : trimmed + ".";
     return ended.charAt(0).toUpperCase() + ended.slice(1);
   }
+
+  // The dashboard in another tab shares the token, so follow its sign-in and sign-out.
+  window.addEventListener("storage", (event) => {
+    if (event.key !== TOKEN_KEY && event.key !== null) return;
+    const token = localStorage.getItem(TOKEN_KEY);
+    if (token === state.token) return;
+    if (token) {
+      stop();
+      start();
+    } else {
+      state.token = null;
+      showSignin("This browser signed out in another tab. Sign in again.");
+    }
+  });
 
   function forgetToken() {
     localStorage.removeItem(TOKEN_KEY);
