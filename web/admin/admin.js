@@ -124,7 +124,7 @@
     const data = await response.json().catch(() => ({}));
     if (response.ok) return data;
     const message = (data.error && data.error.message) || "The request failed with status " + response.status + ".";
-    // A reply for a token that was replaced meanwhile says nothing about the new one.
+    // A 401 or 403 for a token that was replaced while the request ran is ignored.
     if (token === state.token && response.status === 401) {
       forgetToken();
       showSignin("Your session has expired. Sign in again.");
