@@ -17,6 +17,8 @@ from .service import ChatService
 logger = logging.getLogger("sio_server.events")
 
 Handler = Callable[[Connection, Any], Awaitable[dict[str, Any]]]
+# Events an admin's watching socket may send.
+OBSERVER_EVENTS = frozenset({"watch_chat", "unwatch_chat"})
 
 
 def error_reply(error: ChatError) -> dict[str, Any]:
@@ -131,6 +133,8 @@ def _make_handler(
         try:
             if connection is None:
                 raise Forbidden("this socket has no identity: reconnect")
+            if connection.role == "observer" and event not in OBSERVER_EVENTS:
+                raise Forbidden(f"{event} needs an agent socket: this one only watches")
             service.limiter.check(service.event_limit, sid)
             payload = schemas.parse_payload(model, args)
             with service.in_flight():

@@ -86,7 +86,7 @@ async def error_middleware(
 # Routes that browsers may call only from the server's own or a listed origin.
 _CHECKED_PREFIXES = ("/api/", "/agent/", "/admin/")
 _CORS_HEADERS = {
-    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Max-Age": "600",
 }

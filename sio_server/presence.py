@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 logger = logging.getLogger("sio_server.presence")
 
-Role = Literal["visitor", "agent"]
+# An observer is an admin's socket that only watches chats: it never makes
+# the admin count as connected for matching.
+Role = Literal["visitor", "agent", "observer"]
 PersonKey = tuple[Role, str]
 
 

@@ -230,6 +230,8 @@ class VisitorAuth(Payload):
 class AgentAuth(Payload):
     role: Literal["agent"]
     token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    # An admin's socket that only watches chats, as the admin page opens.
+    observer: bool = False
 
 
 class Login(Payload):

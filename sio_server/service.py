@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import socketio
 
@@ -348,6 +348,8 @@ class ChatService:
     async def connect_agent(self, sid: str, auth: schemas.AgentAuth) -> Connection:
         """Admit an agent socket carrying a valid access token."""
         agent = await self.authenticate_agent(auth.token)
+        if auth.observer:
+            return await self._connect_observer(sid, agent)
 
         self._check_sockets(("agent", agent.id), self.settings.max_sockets_per_agent)
         connection = Connection(sid, "agent", agent.id, agent.name)
@@ -395,6 +397,22 @@ class ChatService:
         logger.info("connect sid=%s agent=%s status=%s", sid, agent.id, agent.status)
         return connection
 
+    async def _connect_observer(self, sid: str, agent: Agent) -> Connection:
+        """Admit an admin's socket that only watches chats.
+
+        It is not the agent being online: it takes no part in matching,
+        presence or grace periods.
+        """
+        if not agent.is_admin:
+            raise Forbidden("observer sockets are for admins only")
+        self._check_sockets(("observer", agent.id), self.settings.max_sockets_per_agent)
+        connection = Connection(sid, "observer", agent.id, agent.name)
+        self.presence.add(connection)
+        session = {"role": "observer", "agent_id": agent.id, "name": agent.name}
+        self._spawn(self._send_after_connect(sid, [("session", session)]))
+        logger.info("connect sid=%s observer=%s", sid, agent.id)
+        return connection
+
     async def _send_after_connect(
         self, sid: str, events: list[tuple[str, Any]]
     ) -> None:
@@ -421,7 +439,7 @@ class ChatService:
             connection.person_id,
             reason,
         )
-        if not last:
+        if not last or connection.role == "observer":
             return
         if connection.role == "visitor":
             self.presence.start_grace(connection.key, self.settings.visitor_grace_s)
@@ -657,7 +675,9 @@ class ChatService:
 
     async def _sign_out(self, agent_id: str, reason: str) -> None:
         """Tell an agent's sockets why, then disconnect them; their tokens are void."""
-        for sid in self.presence.sockets(("agent", agent_id)):
+        sids = self.presence.sockets(("agent", agent_id))
+        sids |= self.presence.sockets(("observer", agent_id))
+        for sid in sids:
             await self.sio.emit("signed_out", {"reason": reason}, to=sid)
             await self.sio.disconnect(sid)
         logger.info("signed out agent=%s reason=%s", agent_id, reason)
@@ -665,6 +685,10 @@ class ChatService:
     async def overview(self) -> dict[str, Any]:
         """Return the live queue, every agent with its load, and the active chats."""
         now = datetime.now(UTC)
+        queued = await self.store.list_chats(
+            status="queued", limit=self.settings.max_queue
+        )
+        names = {chat.id: chat.visitor_name for chat in queued}
         queue = []
         for position, entry in enumerate(await self.store.queue_entries(), start=1):
             waited = (now - parse_time(entry.queued_at)).total_seconds()
@@ -672,6 +696,7 @@ class ChatService:
                 {
                     "chat_id": entry.chat_id,
                     "visitor_id": entry.visitor_id,
+                    "visitor_name": names.get(entry.chat_id),
                     "department": entry.department,
                     "position": position,
                     "waited_s": round(waited, 1),
@@ -720,7 +745,8 @@ class ChatService:
         return reply()
 
     async def _require_admin(self, connection: Connection, event: str) -> None:
-        require_role(connection, "agent", event)
+        if connection.role == "visitor":
+            raise Forbidden(f"{event} is for admins only")
         agent = await self.store.get_agent(connection.person_id)
         if agent is None or not agent.is_admin:
             raise Forbidden(f"{event} is for admins only")
@@ -925,7 +951,7 @@ class ChatService:
     ) -> Message:
         async with self._chat_locks.hold(chat_id):
             # The store checks that the sender belongs to the chat.
-            sender = Sender(connection.role, connection.person_id, connection.name)
+            sender = Sender(side_of(connection), connection.person_id, connection.name)
             message, created = await self.store.add_message(
                 chat_id, sender, text, client_id
             )
@@ -969,13 +995,13 @@ class ChatService:
                 f" ({chat.last_seq})"
             )
         current = await self.store.get_read_mark(
-            chat.id, connection.role, connection.person_id
+            chat.id, side_of(connection), connection.person_id
         )
         if payload.seq <= current:
             # Marks only rise, so a repeated or older mark costs no write.
             return reply(seq=current)
         mark = await self.store.set_read_mark(
-            chat.id, connection.role, connection.person_id, payload.seq
+            chat.id, side_of(connection), connection.person_id, payload.seq
         )
         await self.sio.emit(
             "read",
@@ -1003,7 +1029,7 @@ class ChatService:
             chat = await self._authorized_chat(connection, payload.chat_id)
             if chat.closed:
                 raise WrongState(f"chat {chat.id!r} has already ended")
-            ended = await self._close_chat(chat, connection.role, payload.reason)
+            ended = await self._close_chat(chat, side_of(connection), payload.reason)
         return reply(chat=ended.to_wire())
 
     async def _close_chat(
@@ -1302,3 +1328,10 @@ def _new_visitor(visitor_id: str, auth: schemas.VisitorAuth) -> Visitor:
 def require_role(connection: Connection, role: str, event: str) -> None:
     if connection.role != role:
         raise Forbidden(f"{event} is for {role}s only")
+
+
+def side_of(connection: Connection) -> Literal["visitor", "agent"]:
+    """Return the side of a chat that a socket speaks for; observers speak for none."""
+    if connection.role == "observer":
+        raise Forbidden("this socket only watches chats")
+    return connection.role

@@ -244,3 +244,49 @@ async def test_supervisor_overview_and_watch(
     said = {"chat_id": chat_id, "text": "after", "client_id": "v3"}
     assert (await visitor.call("message", said))["ok"]
     await root.no_more("message")
+
+
+async def test_observer_socket_is_not_presence(
+    server: ServerProcess, clients: Clients
+) -> None:
+    token = await admin_token(server)
+    observer = clients.client({"role": "agent", "token": token, "observer": True})
+    session = await observer.connect()
+    assert session["role"] == "observer"
+
+    # The admin is not online for matching through an observer socket.
+    visitor = await clients.visitor()
+    joined = await visitor.call("join_queue")
+    assert joined["agents_online"] == 0
+    reply = await observer.call("agent_ready", {})
+    assert reply["error"]["code"] == "forbidden"
+    reply = await observer.call(
+        "message", {"chat_id": joined["chat"]["id"], "text": "x", "client_id": "o"}
+    )
+    assert reply["error"]["code"] == "forbidden"
+    watched = await observer.call("watch_chat", {"chat_id": joined["chat"]["id"]})
+    assert watched["ok"], watched
+
+    # Only admins may watch, and a password reset signs observers out too.
+    await server.create_agent("ann@example.com")
+    plain = await server.login("ann@example.com")
+    code = await rejected_connect_with(clients, {"token": plain, "observer": True})
+    assert code == "forbidden"
+    _, body = await api(server, "GET", "/api/admin/agents", token)
+    root_id = next(item["id"] for item in body["agents"] if item["is_admin"])
+    status, _ = await api(
+        server,
+        "POST",
+        f"/api/admin/agents/{root_id}/password",
+        token,
+        {"password": NEW_PASSWORD},
+    )
+    assert status == 200
+    assert await observer.next("signed_out") == {"reason": "password_changed"}
+
+
+async def rejected_connect_with(clients: Clients, auth: dict[str, Any]) -> str:
+    client = clients.client({"role": "agent", **auth})
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.sio.connect(clients.server.url, auth=client.auth, wait_timeout=5)
+    return str(client.connect_errors[0]["data"]["code"])

@@ -262,9 +262,8 @@
   }
 
   // Socket.IO: needed for watching chats and to learn of a sign-out at once.
-  // NOTE: the server counts this socket as the admin being connected, so an
-  // admin left "ready" by the dashboard can be assigned chats while only this
-  // page is open.
+  // As an observer, the socket does not make the admin count as connected
+  // for matching.
 
   function connect() {
     if (typeof io !== "function") {
@@ -272,7 +271,7 @@
       ui.banner.hidden = false;
       return;
     }
-    const socket = io({ auth: { role: "agent", token: state.token } });
+    const socket = io({ auth: { role: "agent", token: state.token, observer: true } });
     state.socket = socket;
 
     socket.on("connect", () => {
