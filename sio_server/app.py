@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ORIGINS_KEY] = origins
     app[METRICS_KEY] = metrics
     sio.attach(app)
+    sio.after_connect = service.flush_after_connect
     register_events(sio, service)
     if settings.admin_ui:
         # Production mode reports counts only: development mode would stream

@@ -62,6 +62,9 @@ QUEUE_CHANGED_INTERVAL_S = 0.25
 # Position updates to visitors go out at most this often. Each run reads the
 # whole queue, so a burst of joins costs one run per interval, not one per join.
 QUEUE_UPDATE_INTERVAL_S = 0.2
+# How long the count of agents online may be reused for sessions and queue
+# replies; agent changes in this process clear it at once.
+AGENTS_ONLINE_CACHE_S = 1.0
 # Suggested wait before a client retries a connection refused for a full
 # server or too many sockets, and a join refused for a full queue.
 RETRY_FULL_S = 10
@@ -144,6 +147,9 @@ class ChatService:
         # Chats whose agent has not written yet, with the time it took them,
         # for the first-reply histogram.
         self._awaiting_reply: dict[str, float] = {}
+        # Events for sockets whose CONNECT packet has not gone out yet.
+        self._after_connect: dict[str, list[tuple[str, Any]]] = {}
+        self._agents_online_cache: tuple[int, float] | None = None
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -261,7 +267,9 @@ class ChatService:
                     stored.id, auth.name, auth.email
                 )
             visitor = stored or _new_visitor(claims.subject, auth)
+            known = stored is not None
         else:
+            known = False
             visitor = _new_visitor(new_id(), auth)
             logger.info("visitor %s new", visitor.id)
 
@@ -279,12 +287,15 @@ class ChatService:
         self.presence.add(connection)
         await self.sio.enter_room(sid, person_room("visitor", visitor.id))
 
-        # A grace expiry that is ending the chat right now finishes first, so
-        # the session never shows a chat that has just ended.
-        async with self._person_locks.hold(f"visitor:{visitor.id}"):
-            chat = await self.store.open_chat_of_visitor(visitor.id)
-            if chat is not None:
-                await self.sio.enter_room(sid, chat_room(chat.id))
+        # A visitor is stored when it first joins, so one not in the store has
+        # no chat. A grace expiry that is ending the chat right now finishes
+        # first, so the session never shows a chat that has just ended.
+        chat = None
+        if known:
+            async with self._person_locks.hold(f"visitor:{visitor.id}"):
+                chat = await self.store.open_chat_of_visitor(visitor.id)
+                if chat is not None:
+                    await self.sio.enter_room(sid, chat_room(chat.id))
         if chat is not None and chat.status == "queued":
             # Send the position again to the new socket.
             self._sent_positions.pop(chat.id, None)
@@ -297,10 +308,10 @@ class ChatService:
             "name": visitor.name,
             "token": token,
             "chat": chat.to_wire() if chat else None,
-            "agents_online": await self.store.count_available_agents(),
+            "agents_online": await self._agents_online(),
             "departments": self._departments,
         }
-        self._spawn(self._send_after_connect(sid, [("session", session)]))
+        self._after_connect[sid] = [("session", session)]
         logger.info("connect sid=%s visitor=%s", sid, visitor.id)
         return connection
 
@@ -362,12 +373,14 @@ class ChatService:
         async with self._person_locks.hold(f"agent:{agent.id}"):
             if first:
                 await self.store.set_agent_connected(agent.id, True)
+                self._agents_changed()
             current = await self.store.get_agent(agent.id)
             if current is None:
                 raise Unauthorized("agent token names an unknown agent")
             agent = current
             if agent.status == "offline":
                 agent = await self.store.set_agent_status(agent.id, "away")
+                self._agents_changed()
             chats = await self.store.active_chats_of_agent(agent.id)
             for chat in chats:
                 await self.sio.enter_room(sid, chat_room(chat.id))
@@ -385,11 +398,7 @@ class ChatService:
             else None,
         }
         queue = await self.queue_summary()
-        self._spawn(
-            self._send_after_connect(
-                sid, [("session", session), ("queue_changed", queue)]
-            )
-        )
+        self._after_connect[sid] = [("session", session), ("queue_changed", queue)]
         if first and agent.status == "ready":
             # An agent who comes back can take waiting chats again.
             self._matcher.request()
@@ -409,26 +418,37 @@ class ChatService:
         connection = Connection(sid, "observer", agent.id, agent.name)
         self.presence.add(connection)
         session = {"role": "observer", "agent_id": agent.id, "name": agent.name}
-        self._spawn(self._send_after_connect(sid, [("session", session)]))
+        self._after_connect[sid] = [("session", session)]
         logger.info("connect sid=%s observer=%s", sid, agent.id)
         return connection
 
-    async def _send_after_connect(
-        self, sid: str, events: list[tuple[str, Any]]
-    ) -> None:
-        # python-socketio sends the CONNECT packet after the connect handler
-        # returns; events emitted before it would reach the client first.
-        for _ in range(100):
-            if self.sio.manager.is_connected(sid, "/"):
-                break
-            await asyncio.sleep(0)
-        else:
-            return
-        for event, data in events:
+    async def flush_after_connect(self, sid: str) -> None:
+        """Send the events a connect handler left for after the CONNECT packet.
+
+        python-socketio sends CONNECT once the connect handler has returned,
+        so events emitted inside the handler would reach the client first.
+        """
+        for event, data in self._after_connect.pop(sid, ()):
             await self.sio.emit(event, data, to=sid)
+
+    async def _agents_online(self) -> int:
+        """Count agents who are ready and connected, cached for a moment.
+
+        Changes made by this process clear the cache at once; the lifetime
+        bounds how stale a change made elsewhere can look.
+        """
+        now = time.monotonic()
+        if self._agents_online_cache is None or now >= self._agents_online_cache[1]:
+            count = await self.store.count_available_agents()
+            self._agents_online_cache = (count, now + AGENTS_ONLINE_CACHE_S)
+        return self._agents_online_cache[0]
+
+    def _agents_changed(self) -> None:
+        self._agents_online_cache = None
 
     async def disconnect(self, sid: str, reason: str) -> None:
         """Forget a socket and start the person's grace period if it was the last."""
+        self._after_connect.pop(sid, None)
         connection, last = self.presence.remove(sid)
         if connection is None:
             return
@@ -446,6 +466,7 @@ class ChatService:
             return
         self.presence.start_grace(connection.key, self.settings.agent_grace_s)
         await self.store.set_agent_connected(connection.person_id, False)
+        self._agents_changed()
         self._queue_notifier.request()
 
     # Visitor events
@@ -506,7 +527,7 @@ class ChatService:
         self._queue_notifier.request()
         # The queue update that follows reaches the visitor's other tabs too.
         position = await self._position(chat)
-        agents_online = await self.store.count_available_agents()
+        agents_online = await self._agents_online()
         return reply(
             chat=chat.to_wire(),
             position=position,
@@ -605,6 +626,7 @@ class ChatService:
         agent = await self.store.set_agent_ready(
             connection.person_id, payload.max_chats, serving
         )
+        self._agents_changed()
         chats = await self.store.active_chats_of_agent(agent.id)
         logger.info(
             "agent=%s ready max_chats=%d serving=%s",
@@ -646,6 +668,7 @@ class ChatService:
                 " ask another admin"
             )
         agent = await self.store.update_agent(agent_id, changes, actor.id)
+        self._agents_changed()
         logger.info(
             "admin=%s changed agent=%s: %s",
             actor.id,
@@ -756,6 +779,7 @@ class ChatService:
     ) -> dict[str, Any]:
         require_role(connection, "agent", "agent_away")
         await self.store.set_agent_status(connection.person_id, "away")
+        self._agents_changed()
         logger.info("agent=%s away", connection.person_id)
         self._queue_notifier.request()
         return reply(status="away")
@@ -1127,7 +1151,7 @@ class ChatService:
 
     async def _send_queue_updates(self) -> None:
         entries = await self.store.queue_entries()
-        agents_online = await self.store.count_available_agents()
+        agents_online = await self._agents_online()
         capacity = await self._open_capacity()
         queued = {entry.chat_id for entry in entries}
         for chat_id in [key for key in self._sent_positions if key not in queued]:
@@ -1281,6 +1305,7 @@ class ChatService:
             if self.presence.is_online(("agent", agent_id)):
                 return
             chats = await self.store.requeue_agent_chats(agent_id)
+            self._agents_changed()
         for chat in chats:
             async with self._chat_locks.hold(chat.id):
                 room = chat_room(chat.id)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
@@ -244,6 +245,18 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # only.
             self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
         self.bad_packets = 0
+        # Called with the sid once a client's CONNECT packet went out.
+        self.after_connect: Callable[[str], Awaitable[None]] | None = None
+
+    async def _handle_connect(
+        self, eio_sid: str, namespace: str | None, data: Any
+    ) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if self.after_connect is None:
+            return
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if sid is not None:
+            await self.after_connect(sid)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return ChatEngineServer
