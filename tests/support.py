@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -124,6 +125,21 @@ class ServerProcess:
             body = await response.json()
         assert response.status == 200, body
         return str(body["token"])
+
+
+async def scrape_metrics(server: ServerProcess) -> dict[str, float]:
+    """Return every sample of the server's /metrics by its name and labels."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/metrics") as response,
+    ):
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
 
 
 class ChatClient:

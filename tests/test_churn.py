@@ -14,12 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 from collections.abc import Callable
 
-import aiohttp
-
-from tests.support import ChatClient, Clients, ServerProcess
+from tests.support import ChatClient, Clients, ServerProcess, scrape_metrics
 
 CYCLES = int(os.environ.get("CHURN_CYCLES", "240"))
 # Caches and allocator pools fill up first: in a probe of 5,000 visitors in
@@ -28,20 +25,6 @@ CYCLES = int(os.environ.get("CHURN_CYCLES", "240"))
 WARM_UP = max(100, CYCLES // 2)
 PARALLEL = 12
 MEMORY_BOUND_MB = 25
-
-
-async def scrape(server: ServerProcess) -> dict[str, float]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/metrics") as response,
-    ):
-        text = await response.text()
-    samples = {}
-    for line in text.splitlines():
-        match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
-        if match:
-            samples[match.group(1)] = float(match.group(2))
-    return samples
 
 
 def at_rest(samples: dict[str, float]) -> dict[str, float]:
@@ -104,7 +87,7 @@ async def settle(server: ServerProcess, expected: dict[str, float]) -> dict[str,
     """Wait until the resting counts equal `expected`, or return the last ones."""
     counts: dict[str, float] = {}
     for _ in range(100):
-        counts = at_rest(await scrape(server))
+        counts = at_rest(await scrape_metrics(server))
         if counts == expected:
             break
         await asyncio.sleep(0.2)
@@ -119,16 +102,16 @@ async def test_churn_returns_to_rest(
     agent = await clients.agent(ready=True, max_chats=PARALLEL)
     serving = asyncio.create_task(serve_forever(agent))
     try:
-        resting = at_rest(await scrape(server))
+        resting = at_rest(await scrape_metrics(server))
         assert resting['chat_connected_sockets{role="agent"}'] == 1
 
         await churn(clients, 0, WARM_UP)
         assert await settle(server, resting) == resting
-        memory_before = (await scrape(server))["process_resident_memory_bytes"]
+        memory_before = (await scrape_metrics(server))["process_resident_memory_bytes"]
 
         await churn(clients, WARM_UP, CYCLES)
         assert await settle(server, resting) == resting
-        samples = await scrape(server)
+        samples = await scrape_metrics(server)
         growth_mb = (samples["process_resident_memory_bytes"] - memory_before) / 2**20
         assert growth_mb < MEMORY_BOUND_MB, growth_mb
         assert samples['chat_lifecycle_total{transition="queued"}'] >= CYCLES // 2

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
-from tests.support import ChatClient, Clients, ServerProcess, matched_pair
-
-
-async def scrape(server: ServerProcess) -> dict[str, float]:
-    """Return every sample of /metrics by its name and labels."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/metrics") as response,
-    ):
-        text = await response.text()
-    samples = {}
-    for line in text.splitlines():
-        match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
-        if match:
-            samples[match.group(1)] = float(match.group(2))
-    return samples
+from tests.support import (
+    ChatClient,
+    Clients,
+    ServerProcess,
+    matched_pair,
+    scrape_metrics,
+)
 
 
 def say(chat_id: str, text: str) -> dict[str, str]:
@@ -35,7 +25,7 @@ def say(chat_id: str, text: str) -> dict[str, str]:
 
 async def test_metrics_follow_a_chat(server: ServerProcess, clients: Clients) -> None:
     agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
-    before = await scrape(server)
+    before = await scrape_metrics(server)
     assert before["chat_time_to_match_seconds_count"] == 1
     assert before['chat_chats{status="active"}'] == 1
     assert before['chat_connected_sockets{role="visitor"}'] == 1
@@ -46,7 +36,7 @@ async def test_metrics_follow_a_chat(server: ServerProcess, clients: Clients) ->
     assert (await visitor.call("agent_ready"))["error"]["code"] == "forbidden"
     assert (await visitor.call("end_chat", {"chat_id": chat_id}))["ok"]
 
-    after = await scrape(server)
+    after = await scrape_metrics(server)
     assert after["chat_first_agent_reply_seconds_count"] == 1
     assert after["chat_duration_seconds_count"] == 1
     assert after['chat_chats{status="ended"}'] == 1

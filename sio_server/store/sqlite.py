@@ -661,27 +661,27 @@ class SQLiteStore(Store):
         return [(chat, left[chat.id]) for chat in chats]
 
     async def miss_waiting(self, queued_before: str) -> list[Chat]:
-        if not await self._any(_WAITING_TOO_LONG, queued_before):
-            return []
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(
-                "UPDATE chats SET status = 'missed', queue_rank = NULL, ended_at = ?,"
-                " ended_by = 'system', end_reason = 'queue_timeout'"
-                f" WHERE id IN (SELECT id {_WAITING_TOO_LONG}) RETURNING id",
-                (utc_now(), queued_before),
-            )
-            chats = await _fetch_chats(db, [row[0] for row in rows])
-        return chats
+        return await self._close_due(
+            _WAITING_TOO_LONG, queued_before, "missed", "queue_timeout"
+        )
 
     async def end_inactive(self, active_before: str) -> list[Chat]:
-        if not await self._any(_VISITOR_SILENT, active_before):
+        return await self._close_due(
+            _VISITOR_SILENT, active_before, "ended", "inactive"
+        )
+
+    async def _close_due(
+        self, condition: str, cutoff: str, status: ChatStatus, reason: str
+    ) -> list[Chat]:
+        """Close the chats that `condition` finds due at `cutoff`, by the system."""
+        if not await self._any(condition, cutoff):
             return []
         async with self._transaction() as db:
             rows = await db.execute_fetchall(
-                "UPDATE chats SET status = 'ended', ended_at = ?,"
-                " ended_by = 'system', end_reason = 'inactive'"
-                f" WHERE id IN (SELECT id {_VISITOR_SILENT}) RETURNING id",
-                (utc_now(), active_before),
+                "UPDATE chats SET status = ?, queue_rank = NULL, ended_at = ?,"
+                " ended_by = 'system', end_reason = ?"
+                f" WHERE id IN (SELECT id {condition}) RETURNING id",
+                (status, utc_now(), reason, cutoff),
             )
             chats = await _fetch_chats(db, [row[0] for row in rows])
         return chats
