@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -538,6 +538,11 @@ def figures(
         ("match all slots, s", "match.match_s", False),
         ("reconnect storm resume, s", "storm.resume_s", False),
         ("reconnect storm failed handshakes", "storm.failed_handshakes", False),
+        (
+            "reconnect storm attempts refused while down",
+            "storm.refused_while_down",
+            False,
+        ),
         ("reconnect storm lost messages", "storm.lost_messages", False),
     ]
 
@@ -639,6 +644,11 @@ def main() -> int:
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"
     )
     parser.add_argument(
+        "--storm-chats",
+        type=int,
+        help="chats in the reconnect storm, two sockets each (1,000; 200 with --quick)",
+    )
+    parser.add_argument(
         "--workloads",
         default=",".join(WORKLOADS),
         help="comma-separated subset of: " + ", ".join(WORKLOADS),
@@ -656,6 +666,8 @@ def main() -> int:
 
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
     profile = QUICK if args.quick else FULL
+    if args.storm_chats:
+        profile = replace(profile, storm_chats=args.storm_chats)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -91,6 +91,9 @@ export async function runStorm(ctx, options) {
   let resumed = 0;
   let gaveUp = 0;
   let catchUpFailed = 0;
+  // Attempts refused at the TCP level while the killed server is not
+  // listening yet, apart from handshakes that a listening server failed.
+  let refusedWhileDown = 0;
   let failedHandshakes = 0;
   let historyMessages = 0;
   const resumeMaxMs = options["resume-max-s"] * 1000;
@@ -112,8 +115,12 @@ export async function runStorm(ctx, options) {
       await ctx.handshakes.acquire();
       try {
         await conn.connect(ctx.wsUrl);
-      } catch {
-        failedHandshakes += 1;
+      } catch (err) {
+        if (err.code === "ECONNREFUSED") {
+          refusedWhileDown += 1;
+        } else {
+          failedHandshakes += 1;
+        }
         conn.terminate();
         continue;
       } finally {
@@ -257,6 +264,7 @@ export async function runStorm(ctx, options) {
     reconnected,
     resumed,
     failed_handshakes: failedHandshakes,
+    refused_while_down: refusedWhileDown,
     resume_s:
       resumed > 0 ? round3((lastResumedAt - firstDisconnectAt) / 1000) : null,
     history_messages_after_resume: historyMessages,
