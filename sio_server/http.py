@@ -245,7 +245,7 @@ async def departments(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "departments": [item.to_wire() for item in service.settings.departments],
-            "agents_online": await service.store.count_available_agents(),
+            "agents_online": (await service.store.available_agents())[0],
         }
     )
 

@@ -45,6 +45,7 @@ class Presence:
         self, on_expired: Callable[[PersonKey], Coroutine[Any, Any, None]]
     ) -> None:
         self._connections: dict[str, Connection] = {}
+        self._role_counts: dict[Role, int] = {}
         self._sockets: dict[PersonKey, set[str]] = {}
         self._timers: dict[PersonKey, asyncio.TimerHandle] = {}
         self._on_expired = on_expired
@@ -61,16 +62,20 @@ class Presence:
         return bool(self._sockets.get(key))
 
     def socket_count(self, role: Role | None = None) -> int:
-        """Count connected sockets, of one role or of both."""
+        """Count connected sockets, of one role or of all."""
         if role is None:
             return len(self._connections)
-        return sum(1 for item in self._connections.values() if item.role == role)
+        return self._role_counts.get(role, 0)
 
     def person_count(self, role: Role) -> int:
         return sum(1 for key in self._sockets if key[0] == role)
 
     def add(self, connection: Connection) -> bool:
         """Register a socket; return True when it is the person's first one."""
+        if connection.sid not in self._connections:
+            self._role_counts[connection.role] = (
+                self._role_counts.get(connection.role, 0) + 1
+            )
         self._connections[connection.sid] = connection
         sockets = self._sockets.setdefault(connection.key, set())
         sockets.add(connection.sid)
@@ -82,6 +87,7 @@ class Presence:
         connection = self._connections.pop(sid, None)
         if connection is None:
             return None, False
+        self._role_counts[connection.role] -= 1
         sockets = self._sockets.get(connection.key, set())
         sockets.discard(sid)
         if sockets:

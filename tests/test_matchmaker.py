@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sio_server.matchmaker import AgentSlot, Assignment, WaitingChat, plan_assignments
 
 
@@ -107,3 +110,69 @@ def test_passed_chat_waits_when_only_its_agent_is_free() -> None:
     agents = [AgentSlot("a", load=0, max_chats=1)]
     waiting = [WaitingChat("c1", passed_by="a"), WaitingChat("c2")]
     assert plan_assignments(waiting, agents) == [Assignment("c2", "a")]
+
+
+def reference_plan(
+    queue: list[WaitingChat], agents: list[AgentSlot]
+) -> list[Assignment]:
+    """The policy written plainly: scan every agent for every chat."""
+    load = {agent.agent_id: agent.load for agent in agents}
+    last = {agent.agent_id: agent.last_assigned_at for agent in agents}
+    plan: list[Assignment] = []
+    for chat in queue:
+        candidates = [
+            agent
+            for agent in agents
+            if load[agent.agent_id] < agent.max_chats and agent.can_take(chat)
+        ]
+        if not candidates:
+            continue
+        chosen = min(
+            candidates,
+            key=lambda agent: (
+                load[agent.agent_id],
+                last[agent.agent_id],
+                agent.agent_id,
+            ),
+        )
+        load[chosen.agent_id] += 1
+        last[chosen.agent_id] = "~" + str(len(plan) + 1).zfill(8)
+        plan.append(Assignment(chat.chat_id, chosen.agent_id))
+    return plan
+
+
+departments = st.sampled_from([None, "sales", "billing"])
+agent_slots = st.lists(
+    st.builds(
+        AgentSlot,
+        agent_id=st.sampled_from([f"a{n}" for n in range(6)]),
+        load=st.integers(min_value=0, max_value=3),
+        max_chats=st.integers(min_value=1, max_value=3),
+        last_assigned_at=st.sampled_from(["", "2026-01-01", "2026-02-01"]),
+        departments=st.none() | st.frozensets(st.sampled_from(["sales", "billing"])),
+    ),
+    max_size=6,
+    unique_by=lambda agent: agent.agent_id,
+)
+waiting_chats = st.lists(
+    st.builds(
+        WaitingChat,
+        chat_id=st.uuids().map(str),
+        department=departments,
+        passed_by=st.none() | st.sampled_from(["a0", "a1"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, database=None)
+@given(waiting_chats, agent_slots)
+def test_plan_matches_the_plain_policy(
+    queue: list[WaitingChat], agents: list[AgentSlot]
+) -> None:
+    plan = plan_assignments(queue, agents)
+    assert plan == reference_plan(queue, agents)
+    # Capacity holds for every agent.
+    for agent in agents:
+        given_now = sum(1 for item in plan if item.agent_id == agent.agent_id)
+        assert agent.load + given_now <= max(agent.max_chats, agent.load)

@@ -109,8 +109,8 @@ class Store(ABC):
         """Mark every agent disconnected, as after a start with no sockets yet."""
 
     @abstractmethod
-    async def count_available_agents(self) -> int:
-        """Count agents who are ready and connected."""
+    async def available_agents(self) -> tuple[int, int]:
+        """Count agents who are ready and connected, and sum their `max_chats`."""
 
     # Visitors
 

@@ -186,18 +186,34 @@ class SQLiteStore(Store):
         await self._read_one("SELECT 1")
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(
+        self, *, synced: bool = True
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Run one write transaction.
+
+        With `synced=False` the commit skips the fsync. It suits state that
+        a restart rebuilds or a client sends again, such as agents' status
+        and connection flags, where a thousand agents reconnecting at once
+        would otherwise wait for a thousand syncs. The next synced commit
+        syncs the write-ahead log, these writes included, in order.
+        """
         if self._writer is None:
             raise RuntimeError("store is not open")
         db = self._writer
         async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
+            if not synced:
+                await db.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield db
-            except BaseException:
-                await asyncio.shield(db.execute("ROLLBACK"))
-                raise
-            await asyncio.shield(db.execute("COMMIT"))
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    await asyncio.shield(db.execute("ROLLBACK"))
+                    raise
+                await asyncio.shield(db.execute("COMMIT"))
+            finally:
+                if not synced:
+                    await asyncio.shield(db.execute("PRAGMA synchronous = FULL"))
 
     async def _read_all(
         self, sql: str, params: Iterable[Any] = ()
@@ -324,7 +340,7 @@ class SQLiteStore(Store):
     async def set_agent_status(
         self, agent_id: str, status: AgentStatus, max_chats: int | None = None
     ) -> Agent:
-        async with self._transaction() as db:
+        async with self._transaction(synced=False) as db:
             await db.execute(
                 "UPDATE agents SET status = ?, max_chats = COALESCE(?, max_chats)"
                 " WHERE id = ?",
@@ -339,7 +355,7 @@ class SQLiteStore(Store):
         self, agent_id: str, max_chats: int | None, departments: tuple[str, ...] | None
     ) -> Agent:
         serving = json.dumps(list(departments)) if departments is not None else None
-        async with self._transaction() as db:
+        async with self._transaction(synced=False) as db:
             await db.execute(
                 "UPDATE agents SET status = 'ready',"
                 " max_chats = COALESCE(?, max_chats), departments = ? WHERE id = ?",
@@ -355,21 +371,22 @@ class SQLiteStore(Store):
         return [_agent_load(row) for row in rows]
 
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(synced=False) as db:
             await db.execute(
                 "UPDATE agents SET connected = ? WHERE id = ?",
                 (int(connected), agent_id),
             )
 
     async def reset_connections(self) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(synced=False) as db:
             await db.execute("UPDATE agents SET connected = 0 WHERE connected != 0")
 
-    async def count_available_agents(self) -> int:
+    async def available_agents(self) -> tuple[int, int]:
         row = await self._read_one(
-            "SELECT COUNT(*) FROM agents WHERE status = 'ready' AND connected = 1"
+            "SELECT COUNT(*), COALESCE(SUM(max_chats), 0) FROM agents"
+            " WHERE status = 'ready' AND connected = 1"
         )
-        return int(row[0]) if row else 0
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     # Visitors
 
@@ -538,6 +555,10 @@ class SQLiteStore(Store):
         return chats
 
     async def assign_waiting(self) -> list[Chat]:
+        # Most runs follow an agent's change with nobody waiting; they cost a
+        # read instead of a write transaction that blocks every other write.
+        if not await self._any("FROM chats WHERE status = 'queued'"):
+            return []
         async with self._transaction() as db:
             agent_rows = await db.execute_fetchall(
                 "SELECT a.id, a.max_chats, a.last_assigned_at, a.departments,"
@@ -1040,7 +1061,7 @@ class SQLiteStore(Store):
     async def set_read_mark(
         self, chat_id: str, role: SenderRole, reader_id: str, seq: int
     ) -> int:
-        async with self._transaction() as db:
+        async with self._transaction(synced=False) as db:
             await db.execute(
                 "INSERT INTO read_marks (chat_id, reader_role, reader_id, seq,"
                 " updated_at) VALUES (?, ?, ?, ?, ?)"
