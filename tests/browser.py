@@ -90,13 +90,21 @@ class Widget:
         self.page = page
         self.launcher = page.locator("[data-sio-chat] button.launcher")
         self.panel = page.locator("[data-sio-chat] .panel")
-        self.text = page.locator("[data-sio-chat] textarea")
+        self.text = page.locator("[data-sio-chat] #sio-chat-text")
         self.status = page.locator("[data-sio-chat] .status")
         self.agents = page.locator("[data-sio-chat] .agents")
         self.banner = page.locator("[data-sio-chat] .banner")
         self.typing = page.locator("[data-sio-chat] .typing")
         self.stored = page.locator("[data-sio-chat] .msg[data-seq]:not([data-seq=''])")
         self.again = page.locator("[data-sio-chat] button.again")
+        self.log = page.locator("[data-sio-chat] .log")
+        self.department = page.locator("[data-sio-chat] #sio-chat-department")
+        self.offer = page.locator("[data-sio-chat] .offer")
+        self.leave = page.locator("[data-sio-chat] form.leave")
+        self.ended = page.locator("[data-sio-chat] .ended")
+        self.ended_text = page.locator("[data-sio-chat] .ended-text")
+        self.rating = page.locator("[data-sio-chat] form.rating")
+        self.rating_result = page.locator("[data-sio-chat] .rating-result")
 
     async def open(self) -> None:
         await self.launcher.click()
@@ -116,6 +124,20 @@ class Widget:
     async def texts(self) -> list[str]:
         return await self.stored.locator(".text").all_text_contents()
 
+    def system(self, text: str) -> Locator:
+        """A system line in the log, such as a transfer notice."""
+        return self.page.locator("[data-sio-chat] .msg.system", has_text=text)
+
+    def star(self, score: int) -> Locator:
+        return self.rating.locator(f"button.star[data-score='{score}']")
+
+    async def leave_message(self, email: str, text: str, name: str = "") -> None:
+        """Fill and send the "Leave a message" form, which must be open."""
+        await self.leave.get_by_label("Email").fill(email)
+        await self.leave.get_by_label("Name").fill(name)
+        await self.leave.get_by_label("Message", exact=True).fill(text)
+        await self.leave.locator("button.leave-send").click()
+
 
 class Dashboard:
     """The agent dashboard on a page."""
@@ -126,6 +148,9 @@ class Dashboard:
         self.queue = page.locator("#queue-info")
         self.banner = page.locator("#banner")
         self.chat_list = page.locator("#chat-list li")
+        self.notice = page.locator("#notice")
+        self.missed = page.locator("#missed-list .missed-item")
+        self.canned = page.locator("#canned-list li")
 
     async def sign_in(self, server: ServerProcess, email: str) -> None:
         await self.page.goto(f"{server.url}/agent/")
@@ -154,6 +179,46 @@ class Dashboard:
         return self.pane(visitor_name).locator(
             ".msg .text", has_text=re.compile("^" + re.escape(text) + "$")
         )
+
+    async def check_departments(self, *labels: str) -> None:
+        for label in labels:
+            await self.page.locator("#departments").get_by_label(label).check()
+
+    async def write_note(self, visitor_name: str, text: str) -> None:
+        pane = self.pane(visitor_name)
+        await pane.locator("input.note-toggle").check()
+        await pane.locator("textarea").fill(text)
+        await pane.locator("textarea").press("Enter")
+        await pane.locator("input.note-toggle").uncheck()
+
+    def note(self, visitor_name: str, text: str) -> Locator:
+        return (
+            self.pane(visitor_name)
+            .locator(".msg.note")
+            .filter(has=self.page.locator(".text", has_text=text))
+        )
+
+    async def transfer(self, visitor_name: str, target_value: str) -> None:
+        """Transfer a chat; `target_value` is `agent:ID` or `department:ID`."""
+        pane = self.pane(visitor_name)
+        await pane.locator("button.transfer").click()
+        target = pane.locator("select.transfer-target")
+        await expect(target.locator(f"option[value='{target_value}']")).to_be_attached()
+        await target.select_option(target_value)
+        await pane.locator("button.transfer-send").click()
+
+    async def show(self, view: str) -> None:
+        """Switch the main area to `chats`, `missed` or `canned`."""
+        await self.page.click(f"#view-{view}")
+        await expect(self.page.locator(f"#view-{view}")).to_have_attribute(
+            "aria-pressed", "true"
+        )
+
+    async def add_canned(self, shortcut: str, text: str) -> None:
+        await self.show("canned")
+        await self.page.fill("#canned-shortcut", shortcut)
+        await self.page.fill("#canned-text", text)
+        await self.page.click("#canned-form button[type=submit]")
 
 
 async def new_page(

@@ -86,7 +86,17 @@
     agentReadSeq: 0,
     agentTyping: false,
     unread: 0,
+    departments: [], // [{id, name}] from the session; empty means one general queue
+    notices: [], // [{afterSeq, text}]: system lines of the current chat, kept locally
+    waitingAgain: false, // the chat went back to the queue after an agent had it
+    leaveOpen: false, // the "Leave a message" form is shown
+    leaveSentTo: null, // email the last left message was sent with
+    rating: load("rating", null), // {chat_id, agent_name}: an ended chat still to rate
+    ratedChats: load("rated", []), // ids of chats already rated or declined
+    ratingScore: 0,
+    ratingResult: "", // the thanks, or why the rating could not be stored
   };
+  const RATED_KEEP = 50;
 
   // DOM, inside a shadow root so the host page's CSS cannot reach it.
 
@@ -155,6 +165,36 @@
       .again { padding: 10px 16px; }
       .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden;
                  clip: rect(0 0 0 0); white-space: nowrap; }
+      select:focus-visible, input:focus-visible { outline: 3px solid #f59e0b; outline-offset: 2px; }
+      .prechat { display: flex; align-items: center; gap: 8px; padding: 8px 10px 0;
+                 font-size: 14px; color: #374151; }
+      .prechat select { flex: 1; min-width: 0; }
+      select, input, .leave textarea, .rating textarea {
+        border: 1px solid #d1d5db; border-radius: 8px; padding: 7px 8px; font-size: 15px;
+        background: #fff; color: #111827; width: 100%;
+      }
+      .offer { margin: 0 10px 8px; padding: 10px; border-radius: 8px; background: #eff6ff;
+               font-size: 14px; display: flex; flex-wrap: wrap; align-items: center; gap: 8px; }
+      .offer p { margin: 0; flex: 1 1 180px; }
+      .leave, .rating { display: grid; gap: 6px; padding: 10px 12px; border-top: 1px solid #e5e7eb;
+                        text-align: left; overflow-y: auto; max-height: 65%; font-size: 14px; }
+      .leave h3, .rating h3 { margin: 0; font-size: 15px; }
+      .leave textarea { resize: vertical; min-height: 70px; max-height: none; }
+      .rating textarea { resize: vertical; min-height: 48px; max-height: none; }
+      .row { display: flex; flex-wrap: wrap; gap: 8px; }
+      .primary, .secondary, .offer button {
+        border: none; border-radius: 8px; padding: 8px 14px; cursor: pointer; font-size: 14px;
+        background: var(--accent); color: var(--accent-text);
+      }
+      .secondary { background: transparent; color: #374151; border: 1px solid #d1d5db; }
+      .error { margin: 0; color: #b91c1c; font-size: 13px; }
+      .error:empty { display: none; }
+      .confirm { margin: 0; color: #065f46; }
+      .stars { display: flex; gap: 4px; }
+      .star { border: 1px solid #d1d5db; background: #fff; color: #9ca3af; border-radius: 8px;
+              font-size: 22px; line-height: 1; width: 40px; height: 40px; cursor: pointer; }
+      .star.on { color: #d97706; border-color: #d97706; }
+      .ended .again { margin-top: 8px; }
       @media (max-width: 480px) {
         .panel { inset: 0; width: 100%; height: 100%; border-radius: 0; bottom: 0; }
       }
@@ -180,14 +220,60 @@
         <p class="greeting"></p>
       </div>
       <div class="typing" aria-live="polite"></div>
+      <div class="offer" hidden>
+        <p>No agent can answer right now. Leave a message and we will reply by email.</p>
+        <button class="offer-open" type="button">Leave a message</button>
+      </div>
+      <div class="prechat" hidden>
+        <label for="sio-chat-department">Topic</label>
+        <select id="sio-chat-department"></select>
+      </div>
       <form class="composer">
         <label class="sr-only" for="sio-chat-text">Message</label>
         <textarea id="sio-chat-text" rows="1" maxlength="4000"
                   placeholder="Write a message…"></textarea>
         <button class="send" type="submit">Send</button>
       </form>
+      <form class="leave" novalidate hidden aria-labelledby="sio-chat-leave-title">
+        <h3 id="sio-chat-leave-title">Leave a message</h3>
+        <label for="sio-chat-leave-email">Email (required)</label>
+        <input id="sio-chat-leave-email" type="email" autocomplete="email" maxlength="254" required>
+        <label for="sio-chat-leave-name">Name (optional)</label>
+        <input id="sio-chat-leave-name" type="text" autocomplete="name" maxlength="100">
+        <label for="sio-chat-leave-text">Message</label>
+        <textarea id="sio-chat-leave-text" maxlength="4000" required></textarea>
+        <p class="error leave-error" role="alert"></p>
+        <div class="row">
+          <button class="primary leave-send" type="submit">Send message</button>
+          <button class="secondary leave-cancel" type="button">Cancel</button>
+        </div>
+      </form>
       <div class="ended" hidden>
-        <p>This chat has ended.</p>
+        <p class="ended-text" tabindex="-1">This chat has ended.</p>
+        <form class="rating" novalidate hidden aria-labelledby="sio-chat-rating-title">
+          <h3 id="sio-chat-rating-title"></h3>
+          <div class="stars" role="group" aria-label="Rating from 1 to 5 stars">
+            <button class="star" type="button" data-score="1" aria-pressed="false"
+                    aria-label="1 star of 5">★</button>
+            <button class="star" type="button" data-score="2" aria-pressed="false"
+                    aria-label="2 stars of 5">★</button>
+            <button class="star" type="button" data-score="3" aria-pressed="false"
+                    aria-label="3 stars of 5">★</button>
+            <button class="star" type="button" data-score="4" aria-pressed="false"
+                    aria-label="4 stars of 5">★</button>
+            <button class="star" type="button" data-score="5" aria-pressed="false"
+                    aria-label="5 stars of 5">★</button>
+          </div>
+          <label for="sio-chat-rating-comment">Comment (optional)</label>
+          <textarea id="sio-chat-rating-comment" maxlength="1000"></textarea>
+          <p class="error rating-error" role="alert"></p>
+          <div class="row">
+            <button class="primary rating-send" type="submit">Send rating</button>
+            <button class="secondary rating-skip" type="button">No thanks</button>
+          </div>
+        </form>
+        <p class="confirm rating-result" role="status" tabindex="-1" hidden></p>
+        <button class="offer-open secondary ended-leave" type="button" hidden>Leave a message</button>
         <button class="again" type="button">Start a new chat</button>
       </div>
     </section>`;
@@ -209,15 +295,39 @@
     greeting: $(".greeting"),
     typing: $(".typing"),
     composer: $(".composer"),
-    text: $("textarea"),
+    text: $("#sio-chat-text"),
     ended: $(".ended"),
+    endedText: $(".ended-text"),
+    endedLeave: $(".ended-leave"),
     again: $(".again"),
+    offer: $(".offer"),
+    prechat: $(".prechat"),
+    department: $("#sio-chat-department"),
+    leave: $(".leave"),
+    leaveEmail: $("#sio-chat-leave-email"),
+    leaveName: $("#sio-chat-leave-name"),
+    leaveText: $("#sio-chat-leave-text"),
+    leaveError: $(".leave-error"),
+    leaveSend: $(".leave-send"),
+    leaveCancel: $(".leave-cancel"),
+    rating: $(".rating"),
+    ratingTitle: $("#sio-chat-rating-title"),
+    stars: [...root.querySelectorAll(".star")],
+    ratingComment: $("#sio-chat-rating-comment"),
+    ratingError: $(".rating-error"),
+    ratingSend: $(".rating-send"),
+    ratingSkip: $(".rating-skip"),
+    ratingResult: $(".rating-result"),
   };
   ui.title.textContent = config.title;
   ui.panel.setAttribute("aria-label", config.title);
   ui.greeting.textContent = config.greeting;
 
   // Rendering. Every piece of text from the server goes through textContent.
+
+  function isClosed(chat) {
+    return Boolean(chat && (chat.status === "ended" || chat.status === "missed"));
+  }
 
   function render() {
     const chat = state.chat;
@@ -234,13 +344,56 @@
     ui.status.hidden = ui.status.textContent === "";
     ui.typing.textContent =
       state.agentTyping && chat && chat.agent ? chat.agent.name + " is typing…" : "";
-    const ended = Boolean(chat && chat.status === "ended");
-    ui.end.hidden = !chat || ended;
-    ui.composer.hidden = ended;
-    ui.ended.hidden = !ended;
+    // A pending rating outlives a reload, when the session no longer has the chat.
+    const closed = isClosed(chat) || (!chat && rateableChat() !== null);
+    const joining = !chat || isClosed(chat);
+    ui.end.hidden = !chat || isClosed(chat);
+    ui.leave.hidden = !state.leaveOpen;
+    ui.composer.hidden = closed || state.leaveOpen;
+    // The topic applies to a new chat: one started from the composer or the form.
+    const choosingTopic = state.leaveOpen ? joining : joining && !closed;
+    ui.prechat.hidden = state.departments.length === 0 || !choosingTopic;
+    ui.offer.hidden = !offerLeaveMessage() || state.leaveOpen;
+    ui.ended.hidden = !closed || state.leaveOpen;
+    renderEnded();
     ui.badge.hidden = state.unread === 0 || state.open;
     ui.badge.textContent = String(state.unread);
     renderLog();
+  }
+
+  // With nobody online, a visitor about to join (or still queued) may leave
+  // a message instead; the composer stays, so waiting in the queue still works.
+  function offerLeaveMessage() {
+    if (!state.connected || state.agentsOnline !== 0) return false;
+    return !state.chat || state.chat.status === "queued";
+  }
+
+  function renderEnded() {
+    const chat = state.chat;
+    if (chat && chat.status === "missed") {
+      ui.endedText.textContent = state.leaveSentTo
+        ? "Thank you! We got your message and will reply to " + state.leaveSentTo + "."
+        : "No agent was free to answer in time.";
+    } else if (chat) {
+      ui.endedText.textContent = "This chat has ended.";
+    } else {
+      ui.endedText.textContent = "Your last chat has ended.";
+    }
+    ui.endedLeave.hidden = !(chat && chat.status === "missed" && !state.leaveSentTo);
+    const rateable = rateableChat();
+    ui.rating.hidden = rateable === null;
+    ui.ratingResult.textContent = state.ratingResult;
+    ui.ratingResult.hidden = state.ratingResult === "";
+    if (rateable !== null) {
+      ui.ratingTitle.textContent = rateable.agent_name
+        ? "How was your chat with " + rateable.agent_name + "?"
+        : "How was your chat?";
+    }
+    for (const star of ui.stars) {
+      const score = Number(star.dataset.score);
+      star.classList.toggle("on", score <= state.ratingScore);
+      star.setAttribute("aria-pressed", String(score === state.ratingScore));
+    }
   }
 
   function statusLine() {
@@ -254,6 +407,7 @@
     if (chat.status === "active" && chat.agent) return "You are chatting with " + chat.agent.name + ".";
     if (chat.status === "queued") {
       let line = state.position ? "You are number " + state.position + " in the queue." : "You are in the queue.";
+      if (state.waitingAgain) line = "Waiting for another agent… " + line;
       if (typeof state.estimatedWait === "number") {
         line += " Estimated wait: " + formatWait(state.estimatedWait) + ".";
       } else if (state.agentsOnline === 0) {
@@ -272,22 +426,33 @@
     return minutes === 1 ? "about 1 minute" : "about " + minutes + " minutes";
   }
 
+  function systemLine(text) {
+    const node = document.createElement("div");
+    node.className = "msg system";
+    node.textContent = text;
+    return node;
+  }
+
   function renderLog() {
     const nodes = [ui.greeting];
     const sorted = [...state.messages.values()].sort((a, b) => a.seq - b.seq);
-    for (const message of sorted) nodes.push(messageNode(message, false));
+    // Local system lines (transfers, requeues) sit after the message that
+    // was the newest when they arrived.
+    const notices = [...state.notices];
+    for (const message of sorted) {
+      while (notices.length > 0 && notices[0].afterSeq < message.seq) {
+        nodes.push(systemLine(notices.shift().text));
+      }
+      nodes.push(messageNode(message, false));
+    }
+    for (const notice of notices) nodes.push(systemLine(notice.text));
     const stored = new Set(sorted.map((message) => message.client_id));
     for (const pending of state.outbox) {
       if (!stored.has(pending.client_id)) {
         nodes.push(messageNode({ text: pending.text, sender: { role: "visitor" } }, true));
       }
     }
-    if (state.chat && state.chat.status === "ended") {
-      const note = document.createElement("div");
-      note.className = "msg system";
-      note.textContent = "Chat ended.";
-      nodes.push(note);
-    }
+    if (state.chat && state.chat.status === "ended") nodes.push(systemLine("Chat ended."));
     const atBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40;
     ui.log.replaceChildren(...nodes);
     if (atBottom) ui.log.scrollTop = ui.log.scrollHeight;
@@ -315,6 +480,160 @@
     }
     node.append(meta);
     return node;
+  }
+
+  // Rating: asked once for each ended chat that had an agent. The pending
+  // request and the ids already answered or declined live in localStorage, so
+  // a reload asks again only while the visitor has not answered.
+
+  function askForRating(chat) {
+    if (state.ratedChats.includes(chat.id)) return;
+    if (state.rating && state.rating.chat_id === chat.id) return;
+    state.rating = { chat_id: chat.id, agent_name: chat.agent.name };
+    state.ratingScore = 0;
+    state.ratingResult = "";
+    ui.ratingComment.value = "";
+    ui.ratingError.textContent = "";
+    save("rating", state.rating);
+  }
+
+  function rateableChat() {
+    const pending = state.rating;
+    if (!pending || state.ratedChats.includes(pending.chat_id)) return null;
+    if (state.chat && state.chat.id !== pending.chat_id) return null;
+    return pending;
+  }
+
+  function finishRating(chatId) {
+    const others = state.ratedChats.filter((id) => id !== chatId);
+    state.ratedChats = [...others, chatId].slice(-RATED_KEEP);
+    save("rated", state.ratedChats);
+    state.rating = null;
+    save("rating", null);
+  }
+
+  function dropRating() {
+    if (state.rating) finishRating(state.rating.chat_id);
+  }
+
+  function chooseScore(score) {
+    state.ratingScore = score;
+    ui.ratingError.textContent = "";
+    render();
+  }
+
+  async function sendRating() {
+    const pending = rateableChat();
+    if (!pending) return;
+    if (state.ratingScore < 1) {
+      ui.ratingError.textContent = "Choose from 1 to 5 stars first.";
+      ui.stars[0].focus();
+      return;
+    }
+    const socket = state.socket;
+    if (!socket || !socket.connected) {
+      ui.ratingError.textContent = "You are offline. Send the rating again when the connection is back.";
+      return;
+    }
+    const payload = { chat_id: pending.chat_id, score: state.ratingScore };
+    const comment = ui.ratingComment.value.trim();
+    if (comment) payload.comment = comment;
+    ui.ratingSend.disabled = true;
+    let reply;
+    try {
+      reply = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("rate_chat", payload);
+    } catch (error) {
+      ui.ratingError.textContent = "The rating could not be sent. Check the connection and try again.";
+      return;
+    } finally {
+      ui.ratingSend.disabled = false;
+    }
+    if (!reply.ok && !["wrong_state", "not_found", "forbidden"].includes(reply.error.code)) {
+      // invalid_payload or internal_error: the visitor can fix or retry.
+      ui.ratingError.textContent = reply.error.message;
+      return;
+    }
+    // An error of these codes (already rated, say) means this chat cannot be
+    // rated at all, so the form goes away and the reason stays on screen.
+    finishRating(pending.chat_id);
+    state.ratingResult = reply.ok ? "Thank you for rating this chat!" : reply.error.message;
+    render();
+    ui.ratingResult.focus();
+  }
+
+  // Leave a message: for when no agent is online, or none took the chat in time.
+
+  function openLeaveForm() {
+    state.leaveOpen = true;
+    ui.leaveError.textContent = "";
+    const identity = load("identity", {});
+    if (!ui.leaveEmail.value && identity.email) ui.leaveEmail.value = identity.email;
+    if (!ui.leaveName.value && identity.name) ui.leaveName.value = identity.name;
+    if (!ui.leaveText.value && state.chat && state.chat.status !== "queued") {
+      // Start from what the visitor already wrote in the chat nobody took.
+      const written = [...state.messages.values()]
+        .filter((message) => message.sender.role === "visitor")
+        .sort((a, b) => a.seq - b.seq)
+        .map((message) => message.text);
+      ui.leaveText.value = written.join("\n").slice(0, 4000);
+    }
+    render();
+    (ui.leaveEmail.value ? ui.leaveText : ui.leaveEmail).focus();
+  }
+
+  function closeLeaveForm() {
+    state.leaveOpen = false;
+    render();
+    ui.text.focus();
+  }
+
+  async function sendLeaveMessage() {
+    const email = ui.leaveEmail.value.trim();
+    const name = ui.leaveName.value.trim();
+    const text = ui.leaveText.value.trim();
+    ui.leaveError.textContent = "";
+    if (!email.includes("@")) {
+      ui.leaveError.textContent = "Enter your email address, so that we can reply.";
+      ui.leaveEmail.focus();
+      return;
+    }
+    if (!text) {
+      ui.leaveError.textContent = "Write your message first.";
+      ui.leaveText.focus();
+      return;
+    }
+    const socket = state.socket;
+    if (!socket || !socket.connected) {
+      ui.leaveError.textContent = "You are offline. Send the message again when the connection is back.";
+      return;
+    }
+    const payload = { text, email };
+    if (name) payload.name = name;
+    const joining = !state.chat || isClosed(state.chat);
+    if (joining && ui.department.value) payload.department = ui.department.value;
+    ui.leaveSend.disabled = true;
+    let reply;
+    try {
+      reply = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("leave_message", payload);
+    } catch (error) {
+      ui.leaveError.textContent = "The message could not be sent. Check the connection and try again.";
+      return;
+    } finally {
+      ui.leaveSend.disabled = false;
+    }
+    if (!reply.ok) {
+      ui.leaveError.textContent = reply.error.message;
+      ui.leaveSend.focus();
+      return;
+    }
+    setChat(reply.chat);
+    state.leaveOpen = false;
+    state.leaveSentTo = email;
+    ui.leaveText.value = "";
+    render();
+    ui.endedText.focus();
+    // Show the stored message; an agent's answer then arrives as `message`.
+    await catchUp();
   }
 
   // Socket.IO: loaded from the chat server itself, never from a CDN.
@@ -369,7 +688,7 @@
     });
     socket.on("session", onSession);
     socket.on("queue_update", (update) => {
-      if (!state.chat || state.chat.status === "ended") {
+      if (!state.chat || isClosed(state.chat)) {
         // Another tab of this visitor opened the chat.
         state.chat = { id: update.chat_id, status: "queued", agent: null };
         state.messages.clear();
@@ -382,15 +701,30 @@
       render();
     });
     socket.on("chat_started", ({ chat, messages, has_more }) => {
+      const sameChat = state.chat && state.chat.id === chat.id;
       setChat(chat);
       addMessages(messages);
+      if (sameChat && state.waitingAgain && chat.agent) {
+        addNotice("You are now chatting with " + chat.agent.name + ".");
+      }
+      state.waitingAgain = false;
       if (has_more) catchUp();
       render();
     });
-    socket.on("chat_requeued", ({ chat_id }) => {
+    socket.on("chat_requeued", ({ chat_id, department }) => {
       if (!state.chat || state.chat.id !== chat_id) return;
-      state.chat = { ...state.chat, status: "queued", agent: null };
+      const moved = department === undefined ? {} : { department };
+      state.chat = { ...state.chat, ...moved, status: "queued", agent: null };
       state.agentTyping = false;
+      state.waitingAgain = true;
+      addNotice("Waiting for another agent…");
+      render();
+    });
+    socket.on("chat_transferred", ({ chat_id, agent }) => {
+      if (!state.chat || state.chat.id !== chat_id || !agent) return;
+      state.chat = { ...state.chat, status: "active", agent };
+      state.agentTyping = false;
+      addNotice("You are now chatting with " + agent.name + ".");
       render();
     });
     socket.on("message", (message) => {
@@ -410,10 +744,11 @@
       state.agentReadSeq = Math.max(state.agentReadSeq, seq);
       render();
     });
-    socket.on("chat_ended", ({ chat_id }) => {
+    socket.on("chat_ended", ({ chat_id, reason }) => {
       if (!state.chat || chat_id !== state.chat.id) return;
-      state.chat = { ...state.chat, status: "ended" };
-      state.agentTyping = false;
+      // The queue timeout closes the chat as missed: nobody answered it.
+      const status = reason === "queue_timeout" ? "missed" : "ended";
+      closeChat({ ...state.chat, status, end_reason: reason });
       render();
     });
   }
@@ -421,12 +756,18 @@
   async function onSession(session) {
     save("token", session.token);
     state.agentsOnline = session.agents_online ?? state.agentsOnline;
+    if (Array.isArray(session.departments)) setDepartments(session.departments);
     if (session.chat) {
       setChat(session.chat);
       await catchUp();
-    } else if (state.chat && state.chat.status !== "ended") {
-      // The chat ended while this page was away from the server.
-      state.chat = { ...state.chat, status: "ended" };
+    } else if (state.chat && !isClosed(state.chat)) {
+      // The chat closed while this page was away from the server: read how.
+      closeChat({ ...state.chat, status: "ended" });
+      render();
+      const stored = await fetchChat(state.chat.id, session.token);
+      if (stored && state.chat && state.chat.id === stored.id && isClosed(stored)) {
+        closeChat(stored);
+      }
     }
     render();
     flushOutbox();
@@ -435,11 +776,51 @@
   function setChat(chat) {
     if (!state.chat || state.chat.id !== chat.id) {
       state.messages.clear();
+      state.notices = [];
+      state.leaveSentTo = null;
+      state.waitingAgain = false;
       state.agentReadSeq = 0;
       state.position = null;
     }
     state.chat = chat;
     if (chat.status !== "queued") state.position = null;
+  }
+
+  function closeChat(chat) {
+    state.chat = chat;
+    state.agentTyping = false;
+    state.waitingAgain = false;
+    state.position = null;
+    if (chat.status === "ended" && chat.agent) askForRating(chat);
+    else if (state.rating && state.rating.chat_id === chat.id) dropRating();
+  }
+
+  function addNotice(text) {
+    state.notices.push({ afterSeq: lastSeq(), text });
+  }
+
+  function setDepartments(departments) {
+    state.departments = departments.filter((item) => item && typeof item.id === "string");
+    const chosen = ui.department.value;
+    const options = [new Option("General", "")];
+    for (const department of state.departments) {
+      options.push(new Option(department.name || department.id, department.id));
+    }
+    ui.department.replaceChildren(...options);
+    if (state.departments.some((item) => item.id === chosen)) ui.department.value = chosen;
+  }
+
+  // Read a chat's stored state with the visitor token; null when that fails.
+  async function fetchChat(chatId, token) {
+    try {
+      const url = config.server + "/api/chats/" + encodeURIComponent(chatId) + "/messages?limit=1";
+      const response = await fetch(url, { headers: { Authorization: "Bearer " + token } });
+      if (!response.ok) return null;
+      const body = await response.json();
+      return body && body.chat ? body.chat : null;
+    } catch (error) {
+      return null;
+    }
   }
 
   function lastSeq() {
@@ -487,12 +868,15 @@
   // server acknowledges it; retries reuse its client_id, so nothing is stored twice.
 
   function send(text) {
-    const kind = !state.chat || state.chat.status === "ended" ? "join" : "message";
+    const kind = !state.chat || isClosed(state.chat) ? "join" : "message";
     if (kind === "join" && state.chat) {
       state.chat = null;
       state.messages.clear();
+      state.notices = [];
     }
-    state.outbox.push({ kind, client_id: newClientId(), text });
+    const item = { kind, client_id: newClientId(), text };
+    if (kind === "join" && ui.department.value) item.department = ui.department.value;
+    state.outbox.push(item);
     save("outbox", state.outbox);
     render();
     flushOutbox();
@@ -533,6 +917,7 @@
     if (item.kind === "join" || !state.chat) {
       event = "join_queue";
       payload = { message: item.text, client_id: item.client_id, metadata: { page: location.href.slice(0, 500) } };
+      if (item.department) payload.department = item.department;
     }
     try {
       return await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
@@ -561,7 +946,7 @@
   let typingTimer = null;
   function noteTyping() {
     const socket = state.socket;
-    if (!socket || !socket.connected || !state.chat || state.chat.status === "ended") return;
+    if (!socket || !socket.connected || !state.chat || isClosed(state.chat)) return;
     if (typingTimer === null) socket.emit("typing", { chat_id: state.chat.id, typing: true });
     clearTimeout(typingTimer);
     typingTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
@@ -615,7 +1000,7 @@
 
   async function endChat(reason) {
     const socket = state.socket;
-    if (!socket || !socket.connected || !state.chat || state.chat.status === "ended") return;
+    if (!socket || !socket.connected || !state.chat || isClosed(state.chat)) return;
     stopTyping();
     try {
       await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("end_chat", { chat_id: state.chat.id, reason });
@@ -630,8 +1015,14 @@
     stopTyping();
     if (state.socket) state.socket.disconnect();
     state.socket = null;
-    for (const name of ["token", "identity", "outbox"]) save(name, null);
+    for (const name of ["token", "identity", "outbox", "rating"]) save(name, null);
     Object.assign(state, {
+      rating: null,
+      ratingResult: "",
+      leaveOpen: false,
+      leaveSentTo: null,
+      notices: [],
+      waitingAgain: false,
       chat: null,
       connected: false,
       everConnected: false,
@@ -668,10 +1059,44 @@
   });
   ui.text.addEventListener("input", noteTyping);
   ui.again.addEventListener("click", () => {
+    // Starting over counts as the answer to a pending rating request.
+    dropRating();
+    state.ratingResult = "";
     state.chat = null;
     state.messages.clear();
+    state.notices = [];
+    state.leaveSentTo = null;
     render();
     ui.text.focus();
+  });
+  for (const button of root.querySelectorAll(".offer-open")) {
+    button.addEventListener("click", openLeaveForm);
+  }
+  ui.leaveCancel.addEventListener("click", closeLeaveForm);
+  ui.leave.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendLeaveMessage();
+  });
+  ui.stars.forEach((star, index) => {
+    star.addEventListener("click", () => chooseScore(index + 1));
+    star.addEventListener("keydown", (event) => {
+      // Arrow keys move along the stars and choose, like a radio group.
+      const step = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[event.key];
+      if (!step) return;
+      event.preventDefault();
+      const next = Math.min(ui.stars.length - 1, Math.max(0, index + step));
+      chooseScore(next + 1);
+      ui.stars[next].focus();
+    });
+  });
+  ui.rating.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendRating();
+  });
+  ui.ratingSkip.addEventListener("click", () => {
+    dropRating();
+    render();
+    ui.again.focus();
   });
   document.addEventListener("visibilitychange", markRead);
 
