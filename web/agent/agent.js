@@ -26,7 +26,28 @@
     noChats: $("no-chats"),
     panes: $("panes"),
     template: $("pane-template"),
+    departments: $("departments"),
+    departmentBoxes: $("department-boxes"),
+    statusError: $("status-error"),
+    notice: $("notice"),
+    viewButtons: { chats: $("view-chats"), missed: $("view-missed"), canned: $("view-canned") },
+    missed: $("missed"),
+    missedCount: $("missed-count"),
+    missedRefresh: $("missed-refresh"),
+    missedError: $("missed-error"),
+    missedEmpty: $("missed-empty"),
+    missedList: $("missed-list"),
+    canned: $("canned"),
+    cannedForm: $("canned-form"),
+    cannedShortcut: $("canned-shortcut"),
+    cannedText: $("canned-text"),
+    cannedError: $("canned-error"),
+    cannedEmpty: $("canned-empty"),
+    cannedList: $("canned-list"),
   };
+  const SHORTCUT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+  const MAX_SUGGESTIONS = 6;
+  const MISSED_POLL_MS = 60000;
 
   const state = {
     socket: null,
@@ -36,6 +57,11 @@
     selected: null,
     newChats: 0,
     audio: null,
+    agentId: null,
+    departments: [], // [{id, name}] configured on the server
+    view: "chats", // which section the main area shows: chats, missed or canned
+    canned: [], // canned responses, sorted by shortcut
+    missed: [], // [{chat, messages}] for the Missed list
   };
 
   // Sign in and out.
@@ -118,14 +144,18 @@
         ui.banner.hidden = false;
       }
     });
+    loadCanned();
+    loadMissed(false);
     socket.on("session", onSession);
     socket.on("queue_changed", ({ queued, oldest_wait_s }) => {
       state.queue = { queued, oldestWait: oldest_wait_s, receivedAt: Date.now() };
       renderQueue();
     });
-    socket.on("chat_started", ({ chat, messages, has_more }) => {
+    socket.on("chat_started", ({ chat, messages, has_more, notes, transferred_from }) => {
       const view = upsertChat(chat);
       addMessages(view, messages);
+      addNotes(view, notes || []);
+      if (transferred_from) view.transferredFrom = transferred_from;
       if (has_more) catchUp(view);
       state.newChats += 1;
       notify();
@@ -163,12 +193,46 @@
       view.visitorTyping = false;
       renderAll();
     });
+    // Notes written in this agent's other tabs.
+    socket.on("note", (payload) => {
+      const note = payload && payload.note ? payload.note : payload;
+      const view = note && state.chats.get(note.chat_id);
+      if (!view) return;
+      addNotes(view, [note]);
+      renderPane(view);
+    });
+    socket.on("chat_removed", ({ chat_id, reason, to }) => {
+      const view = state.chats.get(chat_id);
+      if (!view) return;
+      removeChat(view, removedNote(view, reason, to));
+    });
+    socket.on("chat_rated", ({ chat_id, rating }) => {
+      const view = state.chats.get(chat_id);
+      if (!view) {
+        showNotice("A visitor rated an earlier chat " + rating.score + " of 5.");
+        return;
+      }
+      view.chat = { ...view.chat, rating };
+      renderPane(view);
+      showNotice(view.chat.visitor.name + " rated the chat " + rating.score + " of 5.");
+    });
+  }
+
+  function removedNote(view, reason, to) {
+    const name = view.chat.visitor.name;
+    if (reason === "no_reply") {
+      return "The chat with " + name + " went back to the queue: it had no reply in time.";
+    }
+    if (to && to.name) return "The chat with " + name + " was transferred to " + to.name + ".";
+    return "The chat with " + name + " went back to the queue for another agent.";
   }
 
   async function onSession(session) {
     ui.agentName.textContent = session.name;
+    state.agentId = session.agent_id;
     state.status = session.status;
     if (session.max_chats) ui.maxChats.value = String(session.max_chats);
+    setDepartments(session.departments || [], session.serving);
     const assigned = new Set(session.chats.map((chat) => chat.id));
     for (const view of state.chats.values()) {
       if (!assigned.has(view.chat.id) && view.chat.status !== "ended") {
@@ -179,7 +243,12 @@
     }
     for (const chat of session.chats) upsertChat(chat);
     renderAll();
-    await Promise.all(session.chats.map((chat) => catchUp(state.chats.get(chat.id))));
+    await Promise.all(
+      session.chats.map(async (chat) => {
+        const view = state.chats.get(chat.id);
+        await Promise.all([catchUp(view), loadNotes(view)]);
+      }),
+    );
     renderAll();
   }
 
@@ -202,6 +271,10 @@
         visitorReadSeq: 0,
         visitorTyping: false,
         endNote: "",
+        notes: new Map(), // note id -> Note
+        transferredFrom: null, // {id, name} of the agent who handed the chat over
+        suggestions: [], // canned responses offered for the "/shortcut" being typed
+        suggestionIndex: 0,
         pane: createPane(chat.id),
         typingTimer: null,
       };
@@ -220,6 +293,39 @@
 
   function addMessages(view, messages) {
     for (const message of messages) view.messages.set(message.seq, message);
+  }
+
+  function addNotes(view, notes) {
+    for (const note of notes) view.notes.set(note.id, note);
+  }
+
+  async function loadNotes(view) {
+    if (!view || !state.socket) return;
+    try {
+      const reply = await state.socket
+        .timeout(ACK_TIMEOUT_MS)
+        .emitWithAck("list_notes", { chat_id: view.chat.id });
+      if (reply.ok) addNotes(view, reply.notes);
+    } catch (error) {
+      // The next session event loads them again.
+    }
+  }
+
+  // Drop a chat this agent no longer holds (transferred or requeued).
+  function removeChat(view, notice) {
+    const chatId = view.chat.id;
+    if (state.chats.get(chatId) !== view) return;
+    stopTyping(view);
+    view.pane.remove();
+    state.chats.delete(chatId);
+    if (state.selected === chatId) state.selected = null;
+    showNotice(notice);
+    renderAll();
+  }
+
+  function showNotice(text) {
+    ui.notice.textContent = text;
+    ui.notice.hidden = false;
   }
 
   function unreadCount(view) {
@@ -279,21 +385,71 @@
     const reply =
       state.status === "ready"
         ? await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_away", {})
-        : await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_ready", { max_chats: capacity() });
+        : await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_ready", readyPayload());
+    showStatusReply(reply);
     if (reply.ok) state.status = reply.status;
     renderStatus();
   });
 
   ui.maxChats.addEventListener("change", async () => {
     ui.maxChats.value = String(capacity());
-    if (state.status === "ready" && state.socket) {
-      await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_ready", { max_chats: capacity() });
-    }
+    await updateReady();
   });
+
+  ui.departmentBoxes.addEventListener("change", updateReady);
+
+  // Send the new capacity and departments at once while ready; when away
+  // they go with the next agent_ready.
+  async function updateReady() {
+    if (state.status !== "ready" || !state.socket) return;
+    const reply = await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("agent_ready", readyPayload());
+    showStatusReply(reply);
+  }
+
+  function showStatusReply(reply) {
+    ui.statusError.textContent = reply.ok ? "" : reply.error.message;
+    if (reply.ok && reply.serving !== undefined) checkServing(reply.serving);
+  }
+
+  function readyPayload() {
+    const payload = { max_chats: capacity() };
+    // An empty list (no box checked) means every department.
+    if (state.departments.length > 0) payload.departments = chosenDepartments();
+    return payload;
+  }
 
   function capacity() {
     const value = Number.parseInt(ui.maxChats.value, 10);
     return Number.isFinite(value) ? Math.min(50, Math.max(1, value)) : 1;
+  }
+
+  function setDepartments(departments, serving) {
+    state.departments = departments;
+    const boxes = departments.map((department) => {
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = department.id;
+      label.append(box, " " + (department.name || department.id));
+      return label;
+    });
+    ui.departmentBoxes.replaceChildren(...boxes);
+    ui.departments.hidden = departments.length === 0;
+    checkServing(serving);
+  }
+
+  function checkServing(serving) {
+    const served = new Set(serving || []);
+    for (const box of ui.departmentBoxes.querySelectorAll("input")) box.checked = served.has(box.value);
+  }
+
+  function chosenDepartments() {
+    return [...ui.departmentBoxes.querySelectorAll("input:checked")].map((box) => box.value);
+  }
+
+  function departmentName(id) {
+    const department = state.departments.find((item) => item.id === id);
+    return department ? department.name || department.id : id;
   }
 
   // Rendering.
@@ -350,6 +506,7 @@
         button.append(badge);
       }
       button.addEventListener("click", () => {
+        showView("chats");
         select(view.chat.id);
         view.pane.querySelector("textarea").focus();
       });
@@ -373,10 +530,15 @@
     const pane = ui.template.content.firstElementChild.cloneNode(true);
     pane.dataset.chatId = chatId;
     const textarea = pane.querySelector("textarea");
-    const label = pane.querySelector("label");
     const fieldId = "reply-" + chatId;
     textarea.id = fieldId;
-    label.htmlFor = fieldId;
+    pane.querySelector(".reply-label").htmlFor = fieldId;
+    const target = pane.querySelector(".transfer-target");
+    target.id = "transfer-" + chatId;
+    pane.querySelector(".transfer-label").htmlFor = target.id;
+    const suggestions = pane.querySelector(".suggestions");
+    suggestions.id = "suggestions-" + chatId;
+    textarea.setAttribute("aria-controls", suggestions.id);
     pane.addEventListener("focusin", () => {
       if (state.selected !== chatId) select(chatId);
     });
@@ -385,15 +547,34 @@
     });
     pane.querySelector(".composer").addEventListener("submit", (event) => {
       event.preventDefault();
-      sendReply(chatId, textarea);
+      sendFromComposer(chatId, textarea);
     });
     textarea.addEventListener("keydown", (event) => {
+      if (handleSuggestionKey(chatId, event)) return;
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        sendReply(chatId, textarea);
+        sendFromComposer(chatId, textarea);
       }
     });
-    textarea.addEventListener("input", () => noteTyping(chatId));
+    textarea.addEventListener("input", () => {
+      noteTyping(chatId);
+      updateSuggestions(chatId);
+    });
+    textarea.addEventListener("blur", () => {
+      // Let a click on a suggestion land before the list goes.
+      setTimeout(() => hideSuggestions(chatId), 200);
+    });
+    pane.querySelector(".note-toggle").addEventListener("change", () => {
+      const view = state.chats.get(chatId);
+      if (view) renderPane(view);
+      textarea.focus();
+    });
+    pane.querySelector(".transfer").addEventListener("click", () => toggleTransfer(chatId));
+    pane.querySelector(".transfer-cancel").addEventListener("click", () => closeTransfer(chatId));
+    pane.querySelector(".transfer-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      transferChat(chatId);
+    });
     pane.querySelector(".end").addEventListener("click", () => endChat(chatId));
     pane.querySelector(".dismiss").addEventListener("click", () => dismiss(chatId));
     ui.panes.append(pane);
@@ -408,32 +589,24 @@
     pane.setAttribute("aria-label", "Chat with " + chat.visitor.name);
     pane.querySelector(".visitor").textContent = chat.visitor.name;
     pane.querySelector(".state").textContent = ended ? view.endNote || "Ended" : "Active";
-    pane.querySelector("label").textContent = "Reply to " + chat.visitor.name;
+    const origin = pane.querySelector(".origin");
+    origin.hidden = !view.transferredFrom;
+    origin.textContent = view.transferredFrom ? "Transferred from " + view.transferredFrom.name : "";
+    const rating = pane.querySelector(".rating");
+    rating.hidden = !chat.rating;
+    rating.textContent = chat.rating ? ratingText(chat.rating) : "";
     pane.querySelector(".typing").textContent = view.visitorTyping ? chat.visitor.name + " is typing…" : "";
+    pane.querySelector(".transfer").hidden = ended;
+    if (ended) pane.querySelector(".transfer-form").hidden = true;
     pane.querySelector(".end").hidden = ended;
     pane.querySelector(".dismiss").hidden = !ended;
-    pane.querySelector(".composer").hidden = ended;
+    renderComposer(view);
 
     const log = pane.querySelector(".log");
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-    const nodes = [];
-    for (const message of [...view.messages.values()].sort((a, b) => a.seq - b.seq)) {
-      const node = document.createElement("div");
-      node.className = "msg " + message.sender.role;
-      node.dataset.seq = String(message.seq);
-      const text = document.createElement("span");
-      text.className = "text";
-      text.textContent = message.text;
-      const meta = document.createElement("span");
-      meta.className = "meta";
-      if (message.sender.role === "agent") {
-        meta.textContent = message.seq <= view.visitorReadSeq ? "Read" : "Sent";
-      } else {
-        meta.textContent = message.sender.name;
-      }
-      node.append(text, meta);
-      nodes.push(node);
-    }
+    const nodes = timeline(view).map((entry) =>
+      entry.note ? noteNode(entry.note) : messageNode(view, entry.message),
+    );
     if (ended) {
       const note = document.createElement("div");
       note.className = "msg system";
@@ -444,7 +617,97 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
+  // Notes are allowed in any status, so an ended chat keeps a composer for
+  // notes only.
+  function renderComposer(view) {
+    const pane = view.pane;
+    const ended = view.chat.status === "ended";
+    const toggle = pane.querySelector(".note-toggle");
+    if (ended) toggle.checked = true;
+    toggle.disabled = ended;
+    const noting = toggle.checked;
+    pane.querySelector(".composer").classList.toggle("noting", noting);
+    pane.querySelector(".send").textContent = noting ? "Add note" : "Send";
+    const name = view.chat.visitor.name;
+    pane.querySelector(".reply-label").textContent = noting
+      ? "Internal note about the chat with " + name
+      : "Reply to " + name;
+    pane.querySelector("textarea").placeholder = noting
+      ? "Internal note: only agents see it…"
+      : "Write a reply… (/ for canned responses)";
+  }
+
+  // Messages and notes in one list, oldest first; messages keep seq order.
+  function timeline(view) {
+    const entries = [];
+    for (const message of view.messages.values()) {
+      entries.push({ at: message.created_at || "", seq: message.seq, message });
+    }
+    for (const note of view.notes.values()) {
+      entries.push({ at: note.created_at || "", seq: Infinity, note });
+    }
+    entries.sort((a, b) => {
+      if (a.message && b.message) return a.seq - b.seq;
+      if (a.at !== b.at) return a.at < b.at ? -1 : 1;
+      return a.seq - b.seq;
+    });
+    return entries;
+  }
+
+  function messageNode(view, message) {
+    const node = document.createElement("div");
+    node.className = "msg " + message.sender.role;
+    node.dataset.seq = String(message.seq);
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = message.text;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    if (message.sender.role === "agent") {
+      const read = message.seq <= view.visitorReadSeq ? "Read" : "Sent";
+      // After a transfer the log also holds the previous agent's replies.
+      const mine = !message.sender.id || message.sender.id === state.agentId;
+      meta.textContent = mine ? read : message.sender.name + " · " + read;
+    } else {
+      meta.textContent = message.sender.name;
+    }
+    node.append(text, meta);
+    return node;
+  }
+
+  function noteNode(note) {
+    const node = document.createElement("div");
+    node.className = "msg note";
+    node.dataset.noteId = note.id;
+    const label = document.createElement("span");
+    label.className = "note-label";
+    label.textContent = "Internal note";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = note.text;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    meta.textContent = note.author ? note.author.name : "";
+    node.append(label, text, meta);
+    return node;
+  }
+
+  function ratingText(rating) {
+    const stars = "★".repeat(rating.score) + "☆".repeat(Math.max(0, 5 - rating.score));
+    let text = "Rated " + stars + " " + rating.score + " of 5";
+    if (rating.comment) text += ": “" + rating.comment + "”";
+    return text;
+  }
+
   // Actions in a chat.
+
+  function sendFromComposer(chatId, textarea) {
+    const view = state.chats.get(chatId);
+    if (!view) return;
+    hideSuggestions(chatId);
+    if (view.pane.querySelector(".note-toggle").checked) sendNote(chatId, textarea);
+    else sendReply(chatId, textarea);
+  }
 
   async function sendReply(chatId, textarea) {
     const view = state.chats.get(chatId);
@@ -469,6 +732,29 @@
       }
     }
     alertInPane(view, "The reply could not be sent. Check the connection.");
+  }
+
+  // Notes go only to agents; the same client_id on a retry stores one note.
+  async function sendNote(chatId, textarea) {
+    const view = state.chats.get(chatId);
+    const text = textarea.value.trim();
+    if (!view || !text || !state.socket) return;
+    textarea.value = "";
+    const clientId = crypto.randomUUID();
+    for (let attempt = 0; attempt < 30; attempt += 1) {
+      try {
+        const reply = await state.socket
+          .timeout(ACK_TIMEOUT_MS)
+          .emitWithAck("note", { chat_id: chatId, text, client_id: clientId });
+        if (reply.ok) addNotes(view, [reply.note]);
+        else alertInPane(view, reply.error.message);
+        renderAll();
+        return;
+      } catch (error) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+    }
+    alertInPane(view, "The note could not be saved. Check the connection.");
   }
 
   function alertInPane(view, text) {
@@ -512,6 +798,470 @@
     renderAll();
   }
 
+  // Transfer to another agent or to a department's queue.
+
+  function toggleTransfer(chatId) {
+    const view = state.chats.get(chatId);
+    if (!view) return;
+    if (view.pane.querySelector(".transfer-form").hidden) openTransfer(view);
+    else closeTransfer(chatId);
+  }
+
+  async function openTransfer(view) {
+    const form = view.pane.querySelector(".transfer-form");
+    const select = form.querySelector(".transfer-target");
+    const error = form.querySelector(".transfer-error");
+    form.hidden = false;
+    view.pane.querySelector(".transfer").setAttribute("aria-expanded", "true");
+    error.textContent = "";
+    select.replaceChildren(new Option("Loading agents…", ""));
+    select.focus();
+    let agents = [];
+    try {
+      agents = (await api("GET", "/api/agents")).agents || [];
+    } catch (failure) {
+      error.textContent = "The agent list could not be loaded: " + failure.message;
+    }
+    fillTransferTargets(view, select, agents);
+  }
+
+  function fillTransferTargets(view, select, agents) {
+    const options = [new Option("Choose an agent or a department", "")];
+    const people = document.createElement("optgroup");
+    people.label = "Agents";
+    // Agents who can take the chat come first, then the others, by name.
+    const others = agents
+      .filter((agent) => agent.id !== state.agentId)
+      .map((agent) => ({ ...agent, problem: agentProblem(view, agent) }))
+      .sort((a, b) => Number(a.problem !== "") - Number(b.problem !== "") || a.name.localeCompare(b.name));
+    for (const agent of others) {
+      const problem = agent.problem;
+      const load = agent.load + " of " + agent.max_chats + " chats";
+      const option = new Option(agent.name + " (" + (problem || agent.status + ", " + load) + ")", "agent:" + agent.id);
+      option.disabled = Boolean(problem);
+      people.append(option);
+    }
+    if (others.length === 0) {
+      const none = new Option("No other agents", "");
+      none.disabled = true;
+      people.append(none);
+    }
+    options.push(people);
+    if (state.departments.length > 0) {
+      const queues = document.createElement("optgroup");
+      queues.label = "Department queues";
+      for (const department of state.departments) {
+        queues.append(new Option(department.name || department.id, "department:" + department.id));
+      }
+      options.push(queues);
+    }
+    select.replaceChildren(...options);
+  }
+
+  // Why an agent cannot take this chat now, or "" when it can. The server
+  // checks again, so a stale list only costs an error message.
+  function agentProblem(view, agent) {
+    if (!agent.online) return "offline";
+    if (agent.status !== "ready") return agent.status === "away" ? "away" : agent.status;
+    if (agent.load >= agent.max_chats) return "full, " + agent.load + " of " + agent.max_chats + " chats";
+    const department = view.chat.department;
+    if (department && Array.isArray(agent.serving) && !agent.serving.includes(department)) {
+      return "does not serve " + departmentName(department);
+    }
+    return "";
+  }
+
+  function closeTransfer(chatId) {
+    const view = state.chats.get(chatId);
+    if (!view) return;
+    view.pane.querySelector(".transfer-form").hidden = true;
+    const button = view.pane.querySelector(".transfer");
+    button.setAttribute("aria-expanded", "false");
+    button.focus();
+  }
+
+  async function transferChat(chatId) {
+    const view = state.chats.get(chatId);
+    if (!view || !state.socket) return;
+    const form = view.pane.querySelector(".transfer-form");
+    const error = form.querySelector(".transfer-error");
+    const [kind, ...rest] = form.querySelector(".transfer-target").value.split(":");
+    const id = rest.join(":");
+    if (!id) {
+      error.textContent = "Choose an agent or a department first.";
+      return;
+    }
+    const payload = { chat_id: chatId };
+    if (kind === "agent") payload.agent_id = id;
+    else payload.department = id;
+    const button = form.querySelector(".transfer-send");
+    button.disabled = true;
+    error.textContent = "";
+    let reply;
+    try {
+      reply = await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("transfer_chat", payload);
+    } catch (failure) {
+      error.textContent = "The server did not answer. Check the connection and try again.";
+      return;
+    } finally {
+      button.disabled = false;
+    }
+    if (!reply.ok) {
+      error.textContent = reply.error.message;
+      return;
+    }
+    const to = reply.chat && reply.chat.agent && kind === "agent" ? reply.chat.agent : null;
+    removeChat(view, removedNote(view, "transferred", to));
+  }
+
+  // Canned responses: "/shortcut" and Tab in a composer inserts the text.
+
+  async function loadCanned() {
+    try {
+      state.canned = (await api("GET", "/api/canned-responses")).canned_responses || [];
+      ui.cannedError.textContent = "";
+    } catch (failure) {
+      ui.cannedError.textContent = "Canned responses could not be loaded: " + failure.message;
+    }
+    renderCanned();
+  }
+
+  // The "/word" right before the caret, or null.
+  function shortcutAtCaret(textarea) {
+    const before = textarea.value.slice(0, textarea.selectionStart);
+    const match = /(?:^|\s)\/([a-z0-9_-]*)$/.exec(before);
+    return match ? { prefix: match[1], end: before.length } : null;
+  }
+
+  function updateSuggestions(chatId) {
+    const view = state.chats.get(chatId);
+    if (!view) return;
+    const typed = shortcutAtCaret(view.pane.querySelector("textarea"));
+    view.suggestions = typed
+      ? state.canned.filter((item) => item.shortcut.startsWith(typed.prefix)).slice(0, MAX_SUGGESTIONS)
+      : [];
+    view.suggestionIndex = 0;
+    renderSuggestions(view);
+  }
+
+  function hideSuggestions(chatId) {
+    const view = state.chats.get(chatId);
+    if (!view || view.suggestions.length === 0) return;
+    view.suggestions = [];
+    renderSuggestions(view);
+  }
+
+  function renderSuggestions(view) {
+    const list = view.pane.querySelector(".suggestions");
+    const textarea = view.pane.querySelector("textarea");
+    const items = view.suggestions.map((item, index) => {
+      const entry = document.createElement("li");
+      entry.id = list.id + "-" + index;
+      entry.setAttribute("role", "option");
+      entry.setAttribute("aria-selected", String(index === view.suggestionIndex));
+      const shortcut = document.createElement("strong");
+      shortcut.textContent = "/" + item.shortcut;
+      const preview = document.createElement("span");
+      preview.textContent = item.text;
+      entry.append(shortcut, " ", preview);
+      entry.addEventListener("mousedown", (event) => {
+        event.preventDefault(); // Keep the focus in the textarea.
+        insertCanned(view, item);
+      });
+      return entry;
+    });
+    list.replaceChildren(...items);
+    list.hidden = items.length === 0;
+    if (items.length > 0) {
+      textarea.setAttribute("aria-activedescendant", items[view.suggestionIndex].id);
+    } else {
+      textarea.removeAttribute("aria-activedescendant");
+    }
+  }
+
+  // Tab inserts the highlighted response, arrows move, Escape closes the
+  // list. Return true when the key was used here.
+  function handleSuggestionKey(chatId, event) {
+    const view = state.chats.get(chatId);
+    if (!view || view.suggestions.length === 0) return false;
+    if (event.key === "Tab" && !event.shiftKey) {
+      event.preventDefault();
+      insertCanned(view, view.suggestions[view.suggestionIndex]);
+      return true;
+    }
+    const step = { ArrowDown: 1, ArrowUp: -1 }[event.key];
+    if (step) {
+      event.preventDefault();
+      const count = view.suggestions.length;
+      view.suggestionIndex = (view.suggestionIndex + step + count) % count;
+      renderSuggestions(view);
+      return true;
+    }
+    if (event.key === "Escape") {
+      event.preventDefault();
+      hideSuggestions(chatId);
+      return true;
+    }
+    return false;
+  }
+
+  function insertCanned(view, item) {
+    const textarea = view.pane.querySelector("textarea");
+    const typed = shortcutAtCaret(textarea);
+    if (!typed) return;
+    const start = typed.end - typed.prefix.length - 1;
+    textarea.value = textarea.value.slice(0, start) + item.text + textarea.value.slice(typed.end);
+    const caret = start + item.text.length;
+    textarea.setSelectionRange(caret, caret);
+    view.suggestions = [];
+    renderSuggestions(view);
+    textarea.focus();
+    noteTyping(view.chat.id);
+  }
+
+  function renderCanned() {
+    const items = state.canned.map((item) => {
+      const entry = document.createElement("li");
+      const shortcut = document.createElement("strong");
+      shortcut.className = "shortcut";
+      shortcut.textContent = "/" + item.shortcut;
+      const text = document.createElement("p");
+      text.className = "canned-text";
+      text.textContent = item.text;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "plain";
+      remove.textContent = "Delete";
+      remove.setAttribute("aria-label", "Delete /" + item.shortcut);
+      remove.addEventListener("click", () => deleteCanned(item));
+      entry.append(shortcut, remove, text);
+      return entry;
+    });
+    ui.cannedList.replaceChildren(...items);
+    ui.cannedEmpty.hidden = items.length > 0;
+  }
+
+  ui.cannedForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const shortcut = ui.cannedShortcut.value.trim().replace(/^\//, "");
+    const text = ui.cannedText.value.trim();
+    ui.cannedError.textContent = "";
+    if (!SHORTCUT_PATTERN.test(shortcut)) {
+      ui.cannedError.textContent =
+        "The shortcut must start with a lowercase letter or digit and hold only a-z, 0-9, - and _ (up to 32).";
+      ui.cannedShortcut.focus();
+      return;
+    }
+    if (!text) {
+      ui.cannedError.textContent = "Write the text to insert.";
+      ui.cannedText.focus();
+      return;
+    }
+    try {
+      await api("POST", "/api/canned-responses", { shortcut, text });
+    } catch (failure) {
+      ui.cannedError.textContent = failure.message;
+      return;
+    }
+    ui.cannedShortcut.value = "";
+    ui.cannedText.value = "";
+    await loadCanned();
+    ui.cannedShortcut.focus();
+  });
+
+  async function deleteCanned(item) {
+    ui.cannedError.textContent = "";
+    try {
+      await api("DELETE", "/api/canned-responses/" + encodeURIComponent(item.id));
+    } catch (failure) {
+      ui.cannedError.textContent = failure.message;
+    }
+    await loadCanned();
+    ui.cannedShortcut.focus();
+  }
+
+  // Missed chats: answered by email through the reply route.
+
+  async function loadMissed(withMessages) {
+    let chats;
+    try {
+      chats = (await api("GET", "/api/chats?status=missed&limit=100")).chats || [];
+    } catch (failure) {
+      ui.missedError.textContent = "Missed chats could not be loaded: " + failure.message;
+      return;
+    }
+    ui.missedError.textContent = "";
+    ui.missedCount.textContent = String(chats.length);
+    ui.missedCount.hidden = chats.length === 0;
+    ui.missedCount.setAttribute("aria-label", chats.length + " missed");
+    if (!withMessages) return;
+    state.missed = await Promise.all(
+      chats.map(async (chat) => {
+        try {
+          const path = "/api/chats/" + encodeURIComponent(chat.id) + "/messages?limit=200";
+          return { chat, messages: (await api("GET", path)).messages || [] };
+        } catch (failure) {
+          return { chat, messages: [], error: failure.message };
+        }
+      }),
+    );
+    renderMissed();
+  }
+
+  function renderMissed() {
+    const items = state.missed.map((entry) => missedItem(entry));
+    ui.missedList.replaceChildren(...items);
+    ui.missedEmpty.hidden = items.length > 0;
+  }
+
+  function missedItem({ chat, messages, error }) {
+    const item = document.createElement("li");
+    item.className = "missed-item";
+    item.dataset.chatId = chat.id;
+    const title = document.createElement("h3");
+    title.textContent = chat.visitor.name;
+    const meta = document.createElement("p");
+    meta.className = "muted missed-meta";
+    const email = chat.visitor.email;
+    const when = new Date(chat.created_at);
+    meta.textContent =
+      (email || "No email given") +
+      " · " +
+      (Number.isNaN(when.getTime()) ? chat.created_at : when.toLocaleString()) +
+      (chat.department ? " · " + departmentName(chat.department) : "");
+    const thread = document.createElement("div");
+    thread.className = "thread";
+    for (const message of messages) {
+      const line = document.createElement("p");
+      line.className = "msg " + message.sender.role;
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = message.text;
+      const who = document.createElement("span");
+      who.className = "meta";
+      who.textContent = message.sender.name;
+      line.append(text, who);
+      thread.append(line);
+    }
+    if (error) thread.append(errorLine("The messages could not be loaded: " + error));
+    item.append(title, meta, thread, missedReplyForm(chat, thread));
+    return item;
+  }
+
+  function errorLine(text) {
+    const line = document.createElement("p");
+    line.className = "error";
+    line.setAttribute("role", "alert");
+    line.textContent = text;
+    return line;
+  }
+
+  function missedReplyForm(chat, thread) {
+    const form = document.createElement("form");
+    form.className = "missed-reply";
+    const fieldId = "missed-reply-" + chat.id;
+    const label = document.createElement("label");
+    label.htmlFor = fieldId;
+    label.textContent = chat.visitor.email ? "Reply to " + chat.visitor.email : "Reply";
+    const textarea = document.createElement("textarea");
+    textarea.id = fieldId;
+    textarea.rows = 3;
+    textarea.maxLength = 4000;
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = "Send reply";
+    const result = document.createElement("p");
+    result.className = "reply-result";
+    result.setAttribute("role", "status");
+    form.append(label, textarea, button, result);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const text = textarea.value.trim();
+      if (!text) {
+        result.textContent = "Write a reply first.";
+        return;
+      }
+      button.disabled = true;
+      let body;
+      try {
+        body = await api("POST", "/api/chats/" + encodeURIComponent(chat.id) + "/reply", { text });
+      } catch (failure) {
+        result.textContent = "The reply was not sent: " + failure.message;
+        return;
+      } finally {
+        button.disabled = false;
+      }
+      textarea.value = "";
+      const line = document.createElement("p");
+      line.className = "msg agent";
+      const sent = document.createElement("span");
+      sent.className = "text";
+      sent.textContent = body.message.text;
+      const who = document.createElement("span");
+      who.className = "meta";
+      who.textContent = body.message.sender.name;
+      line.append(sent, who);
+      thread.append(line);
+      result.textContent = body.email_sent
+        ? "Reply saved and emailed to " + (chat.visitor.email || "the visitor") + "."
+        : "Reply saved, but no email was sent.";
+    });
+    return form;
+  }
+
+  ui.missedRefresh.addEventListener("click", () => loadMissed(true));
+
+  // Main area: the chat windows, the Missed list or the canned responses.
+
+  function showView(name) {
+    state.view = name;
+    ui.panes.hidden = name !== "chats";
+    ui.missed.hidden = name !== "missed";
+    ui.canned.hidden = name !== "canned";
+    for (const [key, button] of Object.entries(ui.viewButtons)) {
+      button.setAttribute("aria-pressed", String(key === name));
+    }
+  }
+
+  ui.viewButtons.chats.addEventListener("click", () => showView("chats"));
+  ui.viewButtons.missed.addEventListener("click", () => {
+    showView("missed");
+    loadMissed(true);
+  });
+  ui.viewButtons.canned.addEventListener("click", () => {
+    showView("canned");
+    loadCanned();
+    ui.cannedShortcut.focus();
+  });
+
+  // REST calls with the agent token; failures raise an Error with the
+  // server's message.
+  async function api(method, path, body) {
+    const options = { method, headers: { Authorization: "Bearer " + localStorage.getItem(TOKEN_KEY) } };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (error) {
+      throw new Error("the server cannot be reached");
+    }
+    if (response.status === 204) return {};
+    const data = await response.json().catch(() => ({}));
+    if (response.status === 401) {
+      localStorage.removeItem(TOKEN_KEY);
+      showSignin("Your session has expired. Sign in again.");
+    }
+    if (!response.ok) {
+      const error = new Error((data.error && data.error.message) || "HTTP status " + response.status);
+      error.code = data.error && data.error.code;
+      throw error;
+    }
+    return data;
+  }
+
   // Signals: the tab title always, a short tone where the browser allows sound.
 
   function unlockAudio() {
@@ -545,6 +1295,10 @@
     renderAll();
   });
   setInterval(renderQueue, 1000);
+  // Only the count: reloading an open Missed list would wipe a reply being typed.
+  setInterval(() => {
+    if (state.socket) loadMissed(false);
+  }, MISSED_POLL_MS);
 
   start();
 })();
