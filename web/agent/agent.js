@@ -272,8 +272,8 @@
         visitorTyping: false,
         endNote: "",
         notes: new Map(), // note id -> Note
-        transferredFrom: null, // {id, name} of the agent who handed the chat over
-        suggestions: [], // canned responses offered for the "/shortcut" being typed
+        transferredFrom: null, // {id, name} of the agent who transferred the chat here
+        suggestions: [], // canned responses that match the "/shortcut" being typed
         suggestionIndex: 0,
         pane: createPane(chat.id),
         typingTimer: null,
@@ -311,7 +311,7 @@
     }
   }
 
-  // Drop a chat this agent no longer holds (transferred or requeued).
+  // Remove a chat that is no longer assigned to this agent (transferred or requeued).
   function removeChat(view, notice) {
     const chatId = view.chat.id;
     if (state.chats.get(chatId) !== view) return;
@@ -398,7 +398,7 @@
 
   ui.departmentBoxes.addEventListener("change", updateReady);
 
-  // Send the new capacity and departments at once while ready; when away
+  // Send the new capacity and departments at once while ready. When away,
   // they go with the next agent_ready.
   async function updateReady() {
     if (state.status !== "ready" || !state.socket) return;
@@ -539,12 +539,14 @@
     const suggestions = pane.querySelector(".suggestions");
     suggestions.id = "suggestions-" + chatId;
     textarea.setAttribute("aria-controls", suggestions.id);
+
     pane.addEventListener("focusin", () => {
       if (state.selected !== chatId) select(chatId);
     });
     pane.addEventListener("click", () => {
       if (state.selected !== chatId) select(chatId);
     });
+
     pane.querySelector(".composer").addEventListener("submit", (event) => {
       event.preventDefault();
       sendFromComposer(chatId, textarea);
@@ -561,7 +563,7 @@
       updateSuggestions(chatId);
     });
     textarea.addEventListener("blur", () => {
-      // Let a click on a suggestion land before the list goes.
+      // Let a click on a suggestion land before the list is hidden.
       setTimeout(() => hideSuggestions(chatId), 200);
     });
     pane.querySelector(".note-toggle").addEventListener("change", () => {
@@ -569,6 +571,7 @@
       if (view) renderPane(view);
       textarea.focus();
     });
+
     pane.querySelector(".transfer").addEventListener("click", () => toggleTransfer(chatId));
     pane.querySelector(".transfer-cancel").addEventListener("click", () => closeTransfer(chatId));
     pane.querySelector(".transfer-form").addEventListener("submit", (event) => {
@@ -617,8 +620,8 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
-  // Notes are allowed in any status, so an ended chat keeps a composer for
-  // notes only.
+  // The server accepts notes in any status, so an ended chat keeps a
+  // composer for notes only.
   function renderComposer(view) {
     const pane = view.pane;
     const ended = view.chat.status === "ended";
@@ -637,7 +640,7 @@
       : "Write a reply… (/ for canned responses)";
   }
 
-  // Messages and notes in one list, oldest first; messages keep seq order.
+  // Merge messages and notes into one list, oldest first. Messages keep seq order.
   function timeline(view) {
     const entries = [];
     for (const message of view.messages.values()) {
@@ -665,7 +668,7 @@
     meta.className = "meta";
     if (message.sender.role === "agent") {
       const read = message.seq <= view.visitorReadSeq ? "Read" : "Sent";
-      // After a transfer the log also holds the previous agent's replies.
+      // After a transfer the log also contains the previous agent's replies.
       const mine = !message.sender.id || message.sender.id === state.agentId;
       meta.textContent = mine ? read : message.sender.name + " · " + read;
     } else {
@@ -734,7 +737,8 @@
     alertInPane(view, "The reply could not be sent. Check the connection.");
   }
 
-  // Notes go only to agents; the same client_id on a retry stores one note.
+  // Send an internal note, which the server relays only to agents. A retry
+  // reuses the client_id, so the note is stored once.
   async function sendNote(chatId, textarea) {
     const view = state.chats.get(chatId);
     const text = textarea.value.trim();
@@ -858,8 +862,8 @@
     select.replaceChildren(...options);
   }
 
-  // Why an agent cannot take this chat now, or "" when it can. The server
-  // checks again, so a stale list only costs an error message.
+  // Return why an agent cannot take this chat now, or "" when it can. The
+  // server checks again, so a stale list only costs an error message.
   function agentProblem(view, agent) {
     if (!agent.online) return "offline";
     if (agent.status !== "ready") return agent.status === "away" ? "away" : agent.status;
@@ -891,6 +895,7 @@
       error.textContent = "Choose an agent or a department first.";
       return;
     }
+
     const payload = { chat_id: chatId };
     if (kind === "agent") payload.agent_id = id;
     else payload.department = id;
@@ -906,6 +911,7 @@
     } finally {
       button.disabled = false;
     }
+
     if (!reply.ok) {
       error.textContent = reply.error.message;
       return;
@@ -914,7 +920,7 @@
     removeChat(view, removedNote(view, "transferred", to));
   }
 
-  // Canned responses: "/shortcut" and Tab in a composer inserts the text.
+  // Canned responses: "/shortcut" and Tab in a composer insert the stored text.
 
   async function loadCanned() {
     try {
@@ -926,7 +932,7 @@
     renderCanned();
   }
 
-  // The "/word" right before the caret, or null.
+  // Return the "/word" right before the caret, or null.
   function shortcutAtCaret(textarea) {
     const before = textarea.value.slice(0, textarea.selectionStart);
     const match = /(?:^|\s)\/([a-z0-9_-]*)$/.exec(before);
@@ -979,8 +985,8 @@
     }
   }
 
-  // Tab inserts the highlighted response, arrows move, Escape closes the
-  // list. Return true when the key was used here.
+  // Handle a key while suggestions are shown: Tab inserts the highlighted
+  // response, arrows move, Escape closes the list. Return true when handled.
   function handleSuggestionKey(chatId, event) {
     const view = state.chats.get(chatId);
     if (!view || view.suggestions.length === 0) return false;
@@ -1080,7 +1086,7 @@
     ui.cannedShortcut.focus();
   }
 
-  // Missed chats: answered by email through the reply route.
+  // Missed chats: the reply route stores the reply and sends it by email.
 
   async function loadMissed(withMessages) {
     let chats;
@@ -1129,23 +1135,26 @@
       " · " +
       (Number.isNaN(when.getTime()) ? chat.created_at : when.toLocaleString()) +
       (chat.department ? " · " + departmentName(chat.department) : "");
+
     const thread = document.createElement("div");
     thread.className = "thread";
-    for (const message of messages) {
-      const line = document.createElement("p");
-      line.className = "msg " + message.sender.role;
-      const text = document.createElement("span");
-      text.className = "text";
-      text.textContent = message.text;
-      const who = document.createElement("span");
-      who.className = "meta";
-      who.textContent = message.sender.name;
-      line.append(text, who);
-      thread.append(line);
-    }
+    for (const message of messages) thread.append(threadLine(message));
     if (error) thread.append(errorLine("The messages could not be loaded: " + error));
     item.append(title, meta, thread, missedReplyForm(chat, thread));
     return item;
+  }
+
+  function threadLine(message) {
+    const line = document.createElement("p");
+    line.className = "msg " + message.sender.role;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = message.text;
+    const sender = document.createElement("span");
+    sender.className = "meta";
+    sender.textContent = message.sender.name;
+    line.append(text, sender);
+    return line;
   }
 
   function errorLine(text) {
@@ -1174,6 +1183,7 @@
     result.className = "reply-result";
     result.setAttribute("role", "status");
     form.append(label, textarea, button, result);
+
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const text = textarea.value.trim();
@@ -1181,6 +1191,7 @@
         result.textContent = "Write a reply first.";
         return;
       }
+
       button.disabled = true;
       let body;
       try {
@@ -1191,17 +1202,9 @@
       } finally {
         button.disabled = false;
       }
+
       textarea.value = "";
-      const line = document.createElement("p");
-      line.className = "msg agent";
-      const sent = document.createElement("span");
-      sent.className = "text";
-      sent.textContent = body.message.text;
-      const who = document.createElement("span");
-      who.className = "meta";
-      who.textContent = body.message.sender.name;
-      line.append(sent, who);
-      thread.append(line);
+      thread.append(threadLine(body.message));
       result.textContent = body.email_sent
         ? "Reply saved and emailed to " + (chat.visitor.email || "the visitor") + "."
         : "Reply saved, but no email was sent.";
@@ -1234,8 +1237,8 @@
     ui.cannedShortcut.focus();
   });
 
-  // REST calls with the agent token; failures raise an Error with the
-  // server's message.
+  // Call a REST route with the agent token. A failure throws an Error with
+  // the server's message.
   async function api(method, path, body) {
     const options = { method, headers: { Authorization: "Bearer " + localStorage.getItem(TOKEN_KEY) } };
     if (body !== undefined) {

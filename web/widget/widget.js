@@ -86,15 +86,15 @@
     agentReadSeq: 0,
     agentTyping: false,
     unread: 0,
-    departments: [], // [{id, name}] from the session; empty means one general queue
-    notices: [], // [{afterSeq, text}]: system lines of the current chat, kept locally
-    waitingAgain: false, // the chat went back to the queue after an agent had it
-    leaveOpen: false, // the "Leave a message" form is shown
-    leaveSentTo: null, // email the last left message was sent with
-    rating: load("rating", null), // {chat_id, agent_name}: an ended chat still to rate
+    departments: [], // [{id, name}] from the session, empty with one general queue
+    notices: [], // [{afterSeq, text}], system lines of the current chat kept locally
+    waitingAgain: false, // true after the chat went back to the queue from an agent
+    leaveOpen: false, // true while the "Leave a message" form is shown
+    leaveSentTo: null, // email address of the message left last
+    rating: load("rating", null), // {chat_id, agent_name} of an ended chat still to rate
     ratedChats: load("rated", []), // ids of chats already rated or declined
     ratingScore: 0,
-    ratingResult: "", // the thanks, or why the rating could not be stored
+    ratingResult: "", // the thanks, or the reason the rating was not stored
   };
   const RATED_KEEP = 50;
 
@@ -344,8 +344,10 @@
     ui.status.hidden = ui.status.textContent === "";
     ui.typing.textContent =
       state.agentTyping && chat && chat.agent ? chat.agent.name + " is typing…" : "";
-    // A pending rating outlives a reload, when the session no longer has the chat.
-    const closed = isClosed(chat) || (!chat && rateableChat() !== null);
+
+    // A pending rating and then its thanks outlive a reload, after which the
+    // session no longer has the chat.
+    const closed = isClosed(chat) || (!chat && (rateableChat() !== null || state.ratingResult !== ""));
     const joining = !chat || isClosed(chat);
     ui.end.hidden = !chat || isClosed(chat);
     ui.leave.hidden = !state.leaveOpen;
@@ -353,16 +355,17 @@
     // The topic applies to a new chat: one started from the composer or the form.
     const choosingTopic = state.leaveOpen ? joining : joining && !closed;
     ui.prechat.hidden = state.departments.length === 0 || !choosingTopic;
-    ui.offer.hidden = !offerLeaveMessage() || state.leaveOpen;
+    ui.offer.hidden = !offerLeaveMessage() || state.leaveOpen || closed;
     ui.ended.hidden = !closed || state.leaveOpen;
     renderEnded();
+
     ui.badge.hidden = state.unread === 0 || state.open;
     ui.badge.textContent = String(state.unread);
     renderLog();
   }
 
-  // With nobody online, a visitor about to join (or still queued) may leave
-  // a message instead; the composer stays, so waiting in the queue still works.
+  // With no agent online, a visitor about to join or still queued may leave a
+  // message instead. The composer stays, so waiting in the queue still works.
   function offerLeaveMessage() {
     if (!state.connected || state.agentsOnline !== 0) return false;
     return !state.chat || state.chat.status === "queued";
@@ -436,8 +439,8 @@
   function renderLog() {
     const nodes = [ui.greeting];
     const sorted = [...state.messages.values()].sort((a, b) => a.seq - b.seq);
-    // Local system lines (transfers, requeues) sit after the message that
-    // was the newest when they arrived.
+    // A local system line (transfer, requeue) follows the message that was
+    // the newest when it arrived.
     const notices = [...state.notices];
     for (const message of sorted) {
       while (notices.length > 0 && notices[0].afterSeq < message.seq) {
@@ -482,9 +485,9 @@
     return node;
   }
 
-  // Rating: asked once for each ended chat that had an agent. The pending
-  // request and the ids already answered or declined live in localStorage, so
-  // a reload asks again only while the visitor has not answered.
+  // Rating: requested once for each ended chat that had an agent. The pending
+  // request and the ids already rated or declined are kept in localStorage, so
+  // a reload shows the request again only until the visitor responds.
 
   function askForRating(chat) {
     if (state.ratedChats.includes(chat.id)) return;
@@ -525,6 +528,7 @@
   async function sendRating() {
     const pending = rateableChat();
     if (!pending) return;
+
     if (state.ratingScore < 1) {
       ui.ratingError.textContent = "Choose from 1 to 5 stars first.";
       ui.stars[0].focus();
@@ -535,6 +539,7 @@
       ui.ratingError.textContent = "You are offline. Send the rating again when the connection is back.";
       return;
     }
+
     const payload = { chat_id: pending.chat_id, score: state.ratingScore };
     const comment = ui.ratingComment.value.trim();
     if (comment) payload.comment = comment;
@@ -548,20 +553,22 @@
     } finally {
       ui.ratingSend.disabled = false;
     }
-    if (!reply.ok && !["wrong_state", "not_found", "forbidden"].includes(reply.error.code)) {
-      // invalid_payload or internal_error: the visitor can fix or retry.
+
+    const final = ["wrong_state", "not_found", "forbidden"];
+    if (!reply.ok && !final.includes(reply.error.code)) {
+      // After invalid_payload or internal_error the visitor can fix the input or retry.
       ui.ratingError.textContent = reply.error.message;
       return;
     }
-    // An error of these codes (already rated, say) means this chat cannot be
-    // rated at all, so the form goes away and the reason stays on screen.
+    // The other codes (an already rated chat, say) mean that this chat cannot
+    // be rated at all, so the form goes away and the reason stays on screen.
     finishRating(pending.chat_id);
     state.ratingResult = reply.ok ? "Thank you for rating this chat!" : reply.error.message;
     render();
     ui.ratingResult.focus();
   }
 
-  // Leave a message: for when no agent is online, or none took the chat in time.
+  // Leave a message: offered when no agent is online, or none took the chat in time.
 
   function openLeaveForm() {
     state.leaveOpen = true;
@@ -570,7 +577,7 @@
     if (!ui.leaveEmail.value && identity.email) ui.leaveEmail.value = identity.email;
     if (!ui.leaveName.value && identity.name) ui.leaveName.value = identity.name;
     if (!ui.leaveText.value && state.chat && state.chat.status !== "queued") {
-      // Start from what the visitor already wrote in the chat nobody took.
+      // Start from the text the visitor wrote in the chat that no agent took.
       const written = [...state.messages.values()]
         .filter((message) => message.sender.role === "visitor")
         .sort((a, b) => a.seq - b.seq)
@@ -592,6 +599,7 @@
     const name = ui.leaveName.value.trim();
     const text = ui.leaveText.value.trim();
     ui.leaveError.textContent = "";
+
     if (!email.includes("@")) {
       ui.leaveError.textContent = "Enter your email address, so that we can reply.";
       ui.leaveEmail.focus();
@@ -607,6 +615,7 @@
       ui.leaveError.textContent = "You are offline. Send the message again when the connection is back.";
       return;
     }
+
     const payload = { text, email };
     if (name) payload.name = name;
     const joining = !state.chat || isClosed(state.chat);
@@ -621,6 +630,7 @@
     } finally {
       ui.leaveSend.disabled = false;
     }
+
     if (!reply.ok) {
       ui.leaveError.textContent = reply.error.message;
       ui.leaveSend.focus();
@@ -632,7 +642,7 @@
     ui.leaveText.value = "";
     render();
     ui.endedText.focus();
-    // Show the stored message; an agent's answer then arrives as `message`.
+    // Show the stored message. An agent's reply arrives later as `message`.
     await catchUp();
   }
 
@@ -746,7 +756,7 @@
     });
     socket.on("chat_ended", ({ chat_id, reason }) => {
       if (!state.chat || chat_id !== state.chat.id) return;
-      // The queue timeout closes the chat as missed: nobody answered it.
+      // The queue timeout closes the chat as missed, because no agent took it.
       const status = reason === "queue_timeout" ? "missed" : "ended";
       closeChat({ ...state.chat, status, end_reason: reason });
       render();
@@ -761,7 +771,7 @@
       setChat(session.chat);
       await catchUp();
     } else if (state.chat && !isClosed(state.chat)) {
-      // The chat closed while this page was away from the server: read how.
+      // The chat closed while this page was disconnected, so read how it closed.
       closeChat({ ...state.chat, status: "ended" });
       render();
       const stored = await fetchChat(state.chat.id, session.token);
@@ -810,7 +820,7 @@
     if (state.departments.some((item) => item.id === chosen)) ui.department.value = chosen;
   }
 
-  // Read a chat's stored state with the visitor token; null when that fails.
+  // Fetch a chat's stored state with the visitor token, or null when that fails.
   async function fetchChat(chatId, token) {
     try {
       const url = config.server + "/api/chats/" + encodeURIComponent(chatId) + "/messages?limit=1";
@@ -1059,7 +1069,7 @@
   });
   ui.text.addEventListener("input", noteTyping);
   ui.again.addEventListener("click", () => {
-    // Starting over counts as the answer to a pending rating request.
+    // Starting over counts as declining a pending rating request.
     dropRating();
     state.ratingResult = "";
     state.chat = null;
