@@ -1,0 +1,415 @@
+"""Routing features in the widget and the dashboard, in headless Chromium.
+
+Transfers, departments, internal notes, canned responses, ratings and messages
+left while no agent is online, each against a real server subprocess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from playwright.async_api import Browser, expect
+
+from tests.browser import Dashboard, PageWatch, Widget, launch_chromium, new_page
+from tests.support import ServerProcess
+
+DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
+# Timers short enough to wait out in a test.
+FAST_TIMERS = {"CHAT_TIMER_INTERVAL_S": "0.2"}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def watch() -> PageWatch:
+    """Collect script errors and dialogs; any of them fails the test."""
+    pages = PageWatch()
+    yield pages  # type: ignore[misc]
+    assert pages.dialogs == []
+    assert pages.errors == []
+
+
+async def signed_in(
+    browser: Browser,
+    watch: PageWatch,
+    server: ServerProcess,
+    name: str,
+) -> tuple[Dashboard, str]:
+    """Create an agent, sign it in on its own page; return the page and its id."""
+    email = f"{name.lower()}@example.com"
+    agent_id = await server.create_agent(email, name)
+    dashboard = Dashboard(await new_page(browser, watch, name))
+    await dashboard.sign_in(server, email)
+    return dashboard, agent_id
+
+
+async def visitor(
+    browser: Browser, watch: PageWatch, server: ServerProcess, name: str
+) -> Widget:
+    widget = Widget(await new_page(browser, watch, name))
+    await widget.page.goto(server.url + "/")
+    await widget.open()
+    await widget.page.evaluate("name => window.SioChat.identify({ name })", name)
+    return widget
+
+
+async def chatting(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> tuple[Dashboard, Widget]:
+    """Return Ann's dashboard and Vera's widget in an active chat."""
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await ann.go_ready()
+    vera = await visitor(browser, watch, server, "Vera")
+    await expect(vera.agents).to_have_text("1 agent online")
+    await vera.send("My stove leaks")
+    await expect(ann.message("Vera", "My stove leaks")).to_be_visible()
+    await expect(vera.status).to_have_text("You are chatting with Ann.")
+    return ann, vera
+
+
+async def test_transfer_to_agent(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await ann.reply("Vera", "Let me find our stove expert")
+    await expect(vera.message("Let me find our stove expert")).to_be_visible()
+    bea, bea_id = await signed_in(browser, watch, server, "Bea")
+    await bea.go_ready()
+
+    await ann.transfer("Vera", f"agent:{bea_id}")
+    await expect(ann.pane("Vera")).to_have_count(0)
+    await expect(ann.chat_list).to_have_count(0)
+    await expect(ann.notice).to_have_text("The chat with Vera was transferred to Bea.")
+
+    await expect(bea.pane("Vera").locator(".origin")).to_have_text(
+        "Transferred from Ann"
+    )
+    await expect(bea.message("Vera", "My stove leaks")).to_be_visible()
+    await expect(bea.message("Vera", "Let me find our stove expert")).to_be_visible()
+    await expect(vera.system("You are now chatting with Bea.")).to_be_visible()
+    await expect(vera.status).to_have_text("You are chatting with Bea.")
+
+    await vera.send("Is it the valve?")
+    await expect(bea.message("Vera", "Is it the valve?")).to_be_visible()
+    await bea.reply("Vera", "Yes, the valve")
+    await expect(vera.message("Yes, the valve")).to_be_visible()
+    assert await vera.texts() == [
+        "My stove leaks",
+        "Let me find our stove expert",
+        "Is it the valve?",
+        "Yes, the valve",
+    ]
+    await expect(ann.page.locator(".pane")).to_have_count(0)
+
+
+async def test_transfer_picker_marks_full_agent(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, _ = await chatting(browser, watch, server)
+    bea, bea_id = await signed_in(browser, watch, server, "Bea")
+    await bea.go_ready()
+    omar = await visitor(browser, watch, server, "Omar")
+    await omar.send("Omar here")
+    await expect(bea.message("Omar", "Omar here")).to_be_visible()
+
+    pane = ann.pane("Vera")
+    await pane.locator("button.transfer").click()
+    target = pane.locator("select.transfer-target")
+    option = target.locator(f"option[value='agent:{bea_id}']")
+    await expect(option).to_have_text("Bea (full, 1 of 1 chats)")
+    await expect(option).to_be_disabled()
+    await expect(target).to_be_focused()
+    await pane.locator("button.transfer-send").click()
+    await expect(pane.locator(".transfer-error")).to_have_text(
+        "Choose an agent or a department first."
+    )
+
+
+async def test_transfer_error_shown_inline(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    bea, bea_id = await signed_in(browser, watch, server, "Bea")
+    await bea.go_ready()
+    pane = ann.pane("Vera")
+    await pane.locator("button.transfer").click()
+    target = pane.locator("select.transfer-target")
+    await expect(target.locator(f"option[value='agent:{bea_id}']")).to_be_enabled()
+    await target.select_option(f"agent:{bea_id}")
+
+    # Bea fills her only slot while Ann's list still shows her free.
+    omar = await visitor(browser, watch, server, "Omar")
+    await omar.send("Omar here")
+    await expect(bea.message("Omar", "Omar here")).to_be_visible()
+    await pane.locator("button.transfer-send").click()
+
+    error = pane.locator(".transfer-error")
+    await expect(error).to_have_text("Bea has 1 of 1 chats open")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(ann.message("Vera", "My stove leaks")).to_be_visible()
+    await expect(bea.pane("Vera")).to_have_count(0)
+    await ann.reply("Vera", "Still here")
+    await expect(vera.message("Still here")).to_be_visible()
+
+
+async def test_transfer_to_department(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_DEPARTMENTS=DEPARTMENTS)
+    ann, vera = await chatting(browser, watch, server)
+    bea, _ = await signed_in(browser, watch, server, "Bea")
+    await bea.check_departments("Billing and invoices")
+    await bea.go_ready()
+
+    await ann.transfer("Vera", "department:billing")
+    await expect(ann.pane("Vera")).to_have_count(0)
+    await expect(ann.notice).to_have_text(
+        "The chat with Vera went back to the queue for another agent."
+    )
+    await expect(vera.system("Waiting for another agent…")).to_be_visible()
+    await expect(bea.message("Vera", "My stove leaks")).to_be_visible()
+    await expect(vera.system("You are now chatting with Bea.")).to_be_visible()
+    await expect(vera.status).to_have_text("You are chatting with Bea.")
+
+
+async def test_department_picker_routes_chat(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_DEPARTMENTS=DEPARTMENTS)
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await ann.check_departments("Billing and invoices")
+    await ann.go_ready()
+
+    vera = await visitor(browser, watch, server, "Vera")
+    await expect(vera.department.locator("option")).to_have_text(
+        ["General", "Sales", "Billing and invoices"]
+    )
+    await expect(vera.department).to_have_value("")
+    await vera.department.select_option("billing")
+    await vera.send("A question about my invoice")
+    await expect(ann.message("Vera", "A question about my invoice")).to_be_visible()
+    await expect(vera.department).to_be_hidden()
+
+    omar = await visitor(browser, watch, server, "Omar")
+    await omar.department.select_option("sales")
+    await omar.send("Do you ship to Norway?")
+    await expect(omar.status).to_contain_text("You are number 1 in the queue.")
+    await expect(ann.pane("Omar")).to_have_count(0)
+
+
+async def test_rating_reaches_agent(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await ann.pane("Vera").locator("button.end").click()
+    await expect(vera.rating).to_be_visible()
+    await expect(vera.rating.locator("h3")).to_have_text("How was your chat with Ann?")
+
+    await vera.star(4).click()
+    await expect(vera.star(4)).to_have_attribute("aria-pressed", "true")
+    await vera.rating.get_by_label("Comment").fill("Quick and kind")
+    await vera.rating.locator("button.rating-send").click()
+    await expect(vera.rating_result).to_have_text("Thank you for rating this chat!")
+    await expect(vera.rating).to_be_hidden()
+    await expect(ann.pane("Vera").locator(".rating")).to_have_text(
+        "Rated ★★★★☆ 4 of 5: “Quick and kind”"
+    )
+
+    await vera.page.reload()
+    await vera.open()
+    await vera.page.wait_for_timeout(500)
+    await expect(vera.rating).to_be_hidden()
+
+
+async def test_rating_by_keyboard(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await vera.page.locator("[data-sio-chat] button.end").click()
+    await expect(vera.star(1)).to_be_visible()
+
+    keyboard = vera.page.keyboard
+    await vera.star(1).focus()
+    await keyboard.press("Enter")
+    await keyboard.press("ArrowRight")
+    await keyboard.press("ArrowRight")
+    await expect(vera.star(3)).to_be_focused()
+    await expect(vera.star(3)).to_have_attribute("aria-pressed", "true")
+    for _ in range(3):
+        await keyboard.press("Tab")
+    await expect(vera.rating.get_by_label("Comment")).to_be_focused()
+    await keyboard.type("Fine")
+    await keyboard.press("Tab")
+    await keyboard.press("Enter")
+    await expect(vera.rating_result).to_have_text("Thank you for rating this chat!")
+    await expect(ann.pane("Vera").locator(".rating")).to_have_text(
+        "Rated ★★★☆☆ 3 of 5: “Fine”"
+    )
+
+
+async def test_rating_asked_after_reconnect(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await vera.page.context.set_offline(True)
+    await expect(vera.banner).to_be_visible()
+    await ann.pane("Vera").locator("button.end").click()
+    await expect(ann.pane("Vera").locator(".state")).to_have_text("You ended the chat.")
+    await vera.page.context.set_offline(False)
+    await expect(vera.banner).to_be_hidden(timeout=15000)
+    await expect(vera.rating).to_be_visible()
+    await vera.star(5).click()
+    await vera.rating.locator("button.rating-send").click()
+    await expect(vera.rating_result).to_have_text("Thank you for rating this chat!")
+    await expect(ann.pane("Vera").locator(".rating")).to_have_text("Rated ★★★★★ 5 of 5")
+
+
+async def test_leave_message_answered_from_missed(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    vera = await visitor(browser, watch, server, "Vera")
+    await expect(vera.agents).to_have_text("No agents are online right now.")
+    await expect(vera.offer).to_be_visible()
+    await vera.offer.get_by_role("button", name="Leave a message").click()
+    await expect(vera.leave).to_be_visible()
+
+    await vera.leave_message("not an email", "Is the red tent back in stock?")
+    await expect(vera.leave.locator(".leave-error")).to_have_text(
+        "Enter your email address, so that we can reply."
+    )
+    await vera.leave_message(
+        "vera@example.com", "Is the red tent back in stock?", name="Vera V."
+    )
+    await expect(vera.ended_text).to_have_text(
+        "Thank you! We got your message and will reply to vera@example.com."
+    )
+    await expect(vera.leave).to_be_hidden()
+    await expect(vera.message("Is the red tent back in stock?")).to_be_visible()
+
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await expect(ann.page.locator("#missed-count")).to_have_text("1")
+    await ann.show("missed")
+    item = ann.missed.filter(has_text="Is the red tent back in stock?")
+    await expect(item.locator(".missed-meta")).to_contain_text("vera@example.com")
+    await item.get_by_label("Reply to vera@example.com").fill("Yes, since Monday.")
+    await item.get_by_role("button", name="Send reply").click()
+    await expect(item.locator(".reply-result")).to_have_text(
+        re.compile(r"^Reply saved")
+    )
+    await expect(item.locator(".msg.agent .text")).to_have_text("Yes, since Monday.")
+    await expect(vera.message("Yes, since Monday.")).to_be_visible()
+
+
+async def test_queue_timeout_offers_message(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_QUEUE_TIMEOUT_S="1", **FAST_TIMERS)
+    vera = await visitor(browser, watch, server, "Vera")
+    await vera.send("Anyone there?")
+    await expect(vera.ended_text).to_have_text(
+        "No agent was free to answer in time.", timeout=10000
+    )
+    await vera.ended.get_by_role("button", name="Leave a message").click()
+    await expect(vera.leave.get_by_label("Message", exact=True)).to_have_value(
+        "Anyone there?"
+    )
+    await vera.leave.get_by_label("Email").fill("vera@example.com")
+    await vera.leave.locator("button.leave-send").click()
+    await expect(vera.ended_text).to_have_text(
+        "Thank you! We got your message and will reply to vera@example.com."
+    )
+    await expect(vera.rating).to_be_hidden()
+
+
+async def test_note_stays_with_agents(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    second_tab = Dashboard(await ann.page.context.new_page())
+    watch.attach(second_tab.page, "Ann tab 2")
+    await second_tab.page.goto(f"{server.url}/agent/")
+    await expect(second_tab.message("Vera", "My stove leaks")).to_be_visible()
+
+    await ann.write_note("Vera", "Regular customer, offer the spare valve")
+    note = ann.note("Vera", "Regular customer, offer the spare valve")
+    await expect(note).to_be_visible()
+    await expect(note.locator(".note-label")).to_have_text("Internal note")
+    await expect(
+        second_tab.note("Vera", "Regular customer, offer the spare valve")
+    ).to_be_visible()
+
+    await ann.reply("Vera", "We can send a spare valve")
+    await expect(vera.message("We can send a spare valve")).to_be_visible()
+    await expect(vera.log).not_to_contain_text("Regular customer")
+    assert await vera.texts() == ["My stove leaks", "We can send a spare valve"]
+    await vera.page.reload()
+    await vera.open()
+    await expect(vera.stored).to_have_count(2)
+    await expect(vera.log).not_to_contain_text("Regular customer")
+
+    await ann.page.reload()
+    await expect(ann.note("Vera", "Regular customer")).to_be_visible()
+
+
+async def test_canned_response_by_shortcut(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    hours = "We are open 9 to 5, Monday to Friday."
+    await ann.add_canned("hours", hours)
+    await expect(ann.canned).to_have_count(1)
+    await expect(ann.canned.locator(".shortcut")).to_have_text("/hours")
+    await ann.add_canned("hours", "Another text")
+    await expect(ann.page.locator("#canned-error")).to_have_text(re.compile(r"\S"))
+    await expect(ann.canned).to_have_count(1)
+
+    await ann.show("chats")
+    textarea = ann.pane("Vera").locator("textarea")
+    await textarea.click()
+    await textarea.press_sequentially("Hi! /hou")
+    suggestions = ann.pane("Vera").locator(".suggestions li")
+    await expect(suggestions).to_have_count(1)
+    await expect(suggestions.locator("strong")).to_have_text("/hours")
+    await textarea.press("Tab")
+    await expect(textarea).to_have_value("Hi! " + hours)
+    await expect(textarea).to_be_focused()
+    await textarea.press("Enter")
+    await expect(vera.message("Hi! " + hours)).to_be_visible()
+
+    await ann.show("canned")
+    await ann.canned.get_by_role("button", name="Delete /hours").click()
+    await expect(ann.canned).to_have_count(0)
+
+
+async def test_new_forms_fit_phone(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    page = await new_page(
+        browser, watch, "phone", viewport={"width": 375, "height": 667}, is_mobile=True
+    )
+    widget = Widget(page)
+    await page.goto(server.url + "/")
+    await widget.open()
+    await widget.offer.get_by_role("button", name="Leave a message").click()
+    await expect(widget.leave).to_be_visible()
+    for label in ("Email", "Name", "Message"):
+        field = widget.leave.get_by_label(label, exact=label == "Message")
+        box = await field.bounding_box()
+        assert box is not None, label
+        assert box["x"] >= 0, label
+        assert box["x"] + box["width"] <= 375, label
+    send = await widget.leave.locator("button.leave-send").bounding_box()
+    assert send is not None
+    assert send["y"] + send["height"] <= 667
