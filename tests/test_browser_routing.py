@@ -413,3 +413,51 @@ async def test_new_forms_fit_phone(
     send = await widget.leave.locator("button.leave-send").bounding_box()
     assert send is not None
     assert send["y"] + send["height"] <= 667
+
+
+async def test_leave_message_while_queued(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    vera = await visitor(browser, watch, server, "Vera")
+    await vera.send("Hello, anyone?")
+    await expect(vera.status).to_contain_text("You are number 1 in the queue.")
+    await vera.offer.get_by_role("button", name="Leave a message").click()
+    await expect(vera.department).to_be_hidden()
+    await vera.leave_message("vera@example.com", "Please call me back")
+    await expect(vera.ended_text).to_have_text(
+        "Thank you! We got your message and will reply to vera@example.com."
+    )
+    await expect(vera.stored).to_have_count(2)
+    assert await vera.texts() == ["Hello, anyone?", "Please call me back"]
+    await expect(vera.status).to_be_hidden()
+
+
+async def test_no_reply_requeues_chat(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_AGENT_REPLY_TIMEOUT_S="1", **FAST_TIMERS)
+    ann, vera = await chatting(browser, watch, server)
+    await expect(ann.pane("Vera")).to_have_count(0, timeout=10000)
+    await expect(ann.notice).to_have_text(
+        "The chat with Vera went back to the queue: it had no reply in time."
+    )
+    await expect(vera.system("Waiting for another agent…")).to_be_visible()
+
+
+async def test_idle_visitor_asked_to_rate(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **FAST_TIMERS)
+    ann, vera = await chatting(browser, watch, server)
+    await expect(vera.rating).to_be_visible(timeout=10000)
+    await expect(vera.ended_text).to_have_text("This chat has ended.")
+    await expect(ann.pane("Vera").locator(".state")).to_have_text(
+        "The visitor was idle, so the chat ended."
+    )
+    await vera.rating.get_by_role("button", name="No thanks").click()
+    await expect(vera.rating).to_be_hidden()
+    await expect(vera.again).to_be_focused()

@@ -254,6 +254,7 @@
 
   function endNote(endedBy, reason) {
     if (endedBy === "system" && reason === "visitor_left") return "The visitor left.";
+    if (endedBy === "system" && reason === "inactive") return "The visitor was idle, so the chat ended.";
     if (endedBy === "visitor") return "The visitor ended the chat.";
     if (endedBy === "agent") return "You ended the chat.";
     return "The chat has ended.";
