@@ -13,9 +13,10 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.browser import Dashboard, PageWatch, Widget, launch_chromium, new_page
-from tests.support import ServerProcess
+from tests.support import Clients, ServerProcess
 
 DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
+HOSTILE = "<img src=x onerror=alert(1)>"
 # Timers short enough to wait out in a test.
 FAST_TIMERS = {"CHAT_TIMER_INTERVAL_S": "0.2"}
 
@@ -79,6 +80,8 @@ async def test_transfer_to_agent(
     ann, vera = await chatting(browser, watch, server)
     await ann.reply("Vera", "Let me find our stove expert")
     await expect(vera.message("Let me find our stove expert")).to_be_visible()
+    await ann.write_note("Vera", "Model X200, bought in May")
+    await expect(ann.note("Vera", "Model X200, bought in May")).to_be_visible()
     bea, bea_id = await signed_in(browser, watch, server, "Bea")
     await bea.go_ready()
 
@@ -92,6 +95,7 @@ async def test_transfer_to_agent(
     )
     await expect(bea.message("Vera", "My stove leaks")).to_be_visible()
     await expect(bea.message("Vera", "Let me find our stove expert")).to_be_visible()
+    await expect(bea.note("Vera", "Model X200, bought in May")).to_be_visible()
     await expect(vera.system("You are now chatting with Bea.")).to_be_visible()
     await expect(vera.status).to_have_text("You are chatting with Bea.")
 
@@ -461,3 +465,66 @@ async def test_idle_visitor_asked_to_rate(
     await vera.rating.get_by_role("button", name="No thanks").click()
     await expect(vera.rating).to_be_hidden()
     await expect(vera.again).to_be_focused()
+
+
+async def test_estimated_wait_shown(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    clients = Clients(server)
+    try:
+        # Five short chats give the server the durations an estimate needs.
+        agent = await clients.agent(ready=True)
+        for number in range(5):
+            guest = await clients.visitor(name=f"Guest {number}")
+            joined = await guest.call("join_queue", {"message": "hi"})
+            assert joined["ok"], joined
+            started = await agent.next("chat_started")
+            ended = await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
+            assert ended["ok"], ended
+        busy = await clients.visitor(name="Busy")
+        joined = await busy.call("join_queue", {"message": "hold on"})
+        assert joined["ok"], joined
+        await agent.next("chat_started")
+
+        vera = await visitor(browser, watch, server, "Vera")
+        await vera.send("How long?")
+        await expect(vera.status).to_have_text(
+            "You are number 1 in the queue. Estimated wait: under a minute."
+        )
+    finally:
+        await clients.close()
+
+
+async def test_hostile_text_in_new_views(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    vera = await visitor(browser, watch, server, HOSTILE)
+    await vera.offer.get_by_role("button", name="Leave a message").click()
+    await vera.leave_message("vera@example.com", HOSTILE + " message", name=HOSTILE)
+    await expect(vera.ended_text).to_contain_text("vera@example.com")
+
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await ann.show("missed")
+    item = ann.missed.filter(has_text=HOSTILE + " message")
+    await expect(item.locator("h3")).to_have_text(HOSTILE)
+    await ann.add_canned("x", HOSTILE + " canned")
+    await expect(ann.canned.locator(".canned-text")).to_have_text(HOSTILE + " canned")
+
+    await ann.show("chats")
+    await ann.go_ready()
+    omar = await visitor(browser, watch, server, "Omar")
+    await omar.send("hi")
+    await expect(ann.message("Omar", "hi")).to_be_visible()
+    await ann.write_note("Omar", HOSTILE + " note")
+    await expect(ann.note("Omar", HOSTILE + " note")).to_be_visible()
+    await ann.pane("Omar").locator("button.end").click()
+    await omar.star(2).click()
+    await omar.rating.get_by_label("Comment").fill(HOSTILE)
+    await omar.rating.locator("button.rating-send").click()
+    await expect(ann.pane("Omar").locator(".rating")).to_have_text(
+        f"Rated ★★☆☆☆ 2 of 5: “{HOSTILE}”"
+    )
+
+    for page in (vera.page, omar.page, ann.page):
+        assert await page.locator("img").count() == 0
+    # The watch fixture fails the test if any dialog opened.
