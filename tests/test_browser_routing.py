@@ -184,6 +184,20 @@ async def test_transfer_to_department(
     await expect(vera.status).to_have_text("You are chatting with Bea.")
 
 
+async def test_transfer_to_general_queue(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    bea, _ = await signed_in(browser, watch, server, "Bea")
+    await bea.go_ready()
+
+    await ann.transfer("Vera", "department:")
+    await expect(ann.pane("Vera")).to_have_count(0)
+    await expect(vera.system("Waiting for another agent…")).to_be_visible()
+    await expect(bea.message("Vera", "My stove leaks")).to_be_visible()
+    await expect(vera.status).to_have_text("You are chatting with Bea.")
+
+
 async def test_department_picker_routes_chat(
     browser: Browser,
     watch: PageWatch,
@@ -209,6 +223,9 @@ async def test_department_picker_routes_chat(
     await omar.send("Do you ship to Norway?")
     await expect(omar.status).to_contain_text("You are number 1 in the queue.")
     await expect(ann.pane("Omar")).to_have_count(0)
+    await expect(ann.queue).to_have_text(
+        re.compile(r"^1 waiting · longest \d+ s \(Sales 1\)$")
+    )
 
 
 async def test_rating_reaches_agent(

@@ -52,7 +52,7 @@
   const state = {
     socket: null,
     status: "away",
-    queue: { queued: 0, oldestWait: null, receivedAt: 0 },
+    queue: { queued: 0, oldestWait: null, receivedAt: 0, byDepartment: [] },
     chats: new Map(), // chat id -> view
     selected: null,
     newChats: 0,
@@ -147,8 +147,13 @@
     loadCanned();
     loadMissed(false);
     socket.on("session", onSession);
-    socket.on("queue_changed", ({ queued, oldest_wait_s }) => {
-      state.queue = { queued, oldestWait: oldest_wait_s, receivedAt: Date.now() };
+    socket.on("queue_changed", ({ queued, oldest_wait_s, departments }) => {
+      state.queue = {
+        queued,
+        oldestWait: oldest_wait_s,
+        receivedAt: Date.now(),
+        byDepartment: Array.isArray(departments) ? departments : [],
+      };
       renderQueue();
     });
     socket.on("chat_started", ({ chat, messages, has_more, notes, transferred_from }) => {
@@ -478,7 +483,18 @@
     }
     const wait = oldestWait === null ? null : oldestWait + (Date.now() - receivedAt) / 1000;
     ui.queueInfo.textContent =
-      queued + " waiting" + (wait === null ? "" : " · longest " + formatDuration(wait));
+      queued + " waiting" + (wait === null ? "" : " · longest " + formatDuration(wait)) + queueBreakdown();
+  }
+
+  // Return the waiting chats per department, such as " (Sales 2, General 1)",
+  // or "" on a server with only the general queue.
+  function queueBreakdown() {
+    const counts = state.queue.byDepartment || [];
+    if (state.departments.length === 0 || counts.length === 0) return "";
+    const parts = counts.map(
+      (entry) => (entry.department ? departmentName(entry.department) : "General") + " " + entry.queued,
+    );
+    return " (" + parts.join(", ") + ")";
   }
 
   function formatDuration(seconds) {
@@ -852,14 +868,14 @@
       people.append(none);
     }
     options.push(people);
-    if (state.departments.length > 0) {
-      const queues = document.createElement("optgroup");
-      queues.label = "Department queues";
-      for (const department of state.departments) {
-        queues.append(new Option(department.name || department.id, "department:" + department.id));
-      }
-      options.push(queues);
+    // "department:" with no id stands for the general queue, sent as null.
+    const queues = document.createElement("optgroup");
+    queues.label = "Queues";
+    queues.append(new Option("General queue", "department:"));
+    for (const department of state.departments) {
+      queues.append(new Option(department.name || department.id, "department:" + department.id));
     }
+    options.push(queues);
     select.replaceChildren(...options);
   }
 
@@ -892,14 +908,14 @@
     const error = form.querySelector(".transfer-error");
     const [kind, ...rest] = form.querySelector(".transfer-target").value.split(":");
     const id = rest.join(":");
-    if (!id) {
+    if (kind !== "department" && !id) {
       error.textContent = "Choose an agent or a department first.";
       return;
     }
 
     const payload = { chat_id: chatId };
     if (kind === "agent") payload.agent_id = id;
-    else payload.department = id;
+    else payload.department = id || null;
     const button = form.querySelector(".transfer-send");
     button.disabled = true;
     error.textContent = "";
@@ -1184,6 +1200,9 @@
     result.className = "reply-result";
     result.setAttribute("role", "status");
     form.append(label, textarea, button, result);
+    // A resent reply with the same text reuses its client_id, so a reply
+    // whose response was lost is stored and mailed once.
+    let pending = null;
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -1193,10 +1212,11 @@
         return;
       }
 
+      if (!pending || pending.text !== text) pending = { text, client_id: crypto.randomUUID() };
       button.disabled = true;
       let body;
       try {
-        body = await api("POST", "/api/chats/" + encodeURIComponent(chat.id) + "/reply", { text });
+        body = await api("POST", "/api/chats/" + encodeURIComponent(chat.id) + "/reply", pending);
       } catch (failure) {
         result.textContent = "The reply was not sent: " + failure.message;
         return;
@@ -1204,6 +1224,7 @@
         button.disabled = false;
       }
 
+      pending = null;
       textarea.value = "";
       thread.append(threadLine(body.message));
       result.textContent = body.email_sent
