@@ -388,13 +388,21 @@ async def test_canned_response_by_shortcut(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:
     ann, vera = await chatting(browser, watch, server)
-    hours = "We are open 9 to 5, Monday to Friday."
-    await ann.add_canned("hours", hours)
+    await ann.add_canned("hours", "We are open 9 to 5.")
     await expect(ann.canned).to_have_count(1)
     await expect(ann.canned.locator(".shortcut")).to_have_text("/hours")
     await ann.add_canned("hours", "Another text")
     await expect(ann.page.locator("#canned-error")).to_have_text(re.compile(r"\S"))
     await expect(ann.canned).to_have_count(1)
+
+    hours = "We are open 9 to 5, Monday to Friday."
+    await ann.page.fill("#canned-shortcut", "")
+    await ann.canned.get_by_role("button", name="Edit /hours").click()
+    await expect(ann.page.locator("#canned-shortcut")).to_have_value("hours")
+    await ann.page.fill("#canned-text", hours)
+    await ann.page.click("#canned-submit")
+    await expect(ann.canned.locator(".canned-text")).to_have_text(hours)
+    await expect(ann.page.locator("#canned-submit")).to_have_text("Add canned response")
 
     await ann.show("chats")
     textarea = ann.pane("Vera").locator("textarea")

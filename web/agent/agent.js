@@ -42,6 +42,8 @@
     cannedShortcut: $("canned-shortcut"),
     cannedText: $("canned-text"),
     cannedError: $("canned-error"),
+    cannedSubmit: $("canned-submit"),
+    cannedCancel: $("canned-cancel"),
     cannedEmpty: $("canned-empty"),
     cannedList: $("canned-list"),
   };
@@ -61,6 +63,7 @@
     departments: [], // [{id, name}] configured on the server
     view: "chats", // which section the main area shows: chats, missed or canned
     canned: [], // canned responses, sorted by shortcut
+    editingCanned: null, // the canned response the form is editing, or null when adding
     missed: [], // [{chat, messages}] for the Missed list
   };
 
@@ -1057,7 +1060,16 @@
       remove.textContent = "Delete";
       remove.setAttribute("aria-label", "Delete /" + item.shortcut);
       remove.addEventListener("click", () => deleteCanned(item));
-      entry.append(shortcut, remove, text);
+      const edit = document.createElement("button");
+      edit.type = "button";
+      edit.className = "plain";
+      edit.textContent = "Edit";
+      edit.setAttribute("aria-label", "Edit /" + item.shortcut);
+      edit.addEventListener("click", () => editCanned(item));
+      const buttons = document.createElement("span");
+      buttons.className = "item-buttons";
+      buttons.append(edit, remove);
+      entry.append(shortcut, buttons, text);
       return entry;
     });
     ui.cannedList.replaceChildren(...items);
@@ -1069,6 +1081,7 @@
     const shortcut = ui.cannedShortcut.value.trim().replace(/^\//, "");
     const text = ui.cannedText.value.trim();
     ui.cannedError.textContent = "";
+
     if (!SHORTCUT_PATTERN.test(shortcut)) {
       ui.cannedError.textContent =
         "The shortcut must start with a lowercase letter or digit and hold only a-z, 0-9, - and _ (up to 32).";
@@ -1080,19 +1093,49 @@
       ui.cannedText.focus();
       return;
     }
+
+    const editing = state.editingCanned;
     try {
-      await api("POST", "/api/canned-responses", { shortcut, text });
+      if (editing) {
+        await api("PUT", "/api/canned-responses/" + encodeURIComponent(editing.id), { shortcut, text });
+      } else {
+        await api("POST", "/api/canned-responses", { shortcut, text });
+      }
     } catch (failure) {
       ui.cannedError.textContent = failure.message;
       return;
     }
-    ui.cannedShortcut.value = "";
-    ui.cannedText.value = "";
+    resetCannedForm();
     await loadCanned();
     ui.cannedShortcut.focus();
   });
 
+  ui.cannedCancel.addEventListener("click", () => {
+    resetCannedForm();
+    ui.cannedShortcut.focus();
+  });
+
+  function editCanned(item) {
+    state.editingCanned = item;
+    ui.cannedShortcut.value = item.shortcut;
+    ui.cannedText.value = item.text;
+    ui.cannedError.textContent = "";
+    ui.cannedSubmit.textContent = "Save changes";
+    ui.cannedCancel.hidden = false;
+    ui.cannedText.focus();
+  }
+
+  function resetCannedForm() {
+    state.editingCanned = null;
+    ui.cannedShortcut.value = "";
+    ui.cannedText.value = "";
+    ui.cannedError.textContent = "";
+    ui.cannedSubmit.textContent = "Add canned response";
+    ui.cannedCancel.hidden = true;
+  }
+
   async function deleteCanned(item) {
+    if (state.editingCanned && state.editingCanned.id === item.id) resetCannedForm();
     ui.cannedError.textContent = "";
     try {
       await api("DELETE", "/api/canned-responses/" + encodeURIComponent(item.id));
