@@ -227,6 +227,11 @@ async def test_department_picker_routes_chat(
         re.compile(r"^1 waiting · longest \d+ s \(Sales 1\)$")
     )
 
+    await ann.page.reload()
+    boxes = ann.page.locator("#departments")
+    await expect(boxes.get_by_label("Billing and invoices")).to_be_checked()
+    await expect(boxes.get_by_label("Sales")).not_to_be_checked()
+
 
 async def test_rating_reaches_agent(
     browser: Browser, watch: PageWatch, server: ServerProcess
