@@ -199,7 +199,10 @@ class Dashboard:
         )
 
     async def transfer(self, visitor_name: str, target_value: str) -> None:
-        """Transfer a chat; `target_value` is `agent:ID` or `department:ID`."""
+        """Transfer a chat to the picker's `target_value`.
+
+        That is `agent:ID`, `department:ID`, or `department:` for the general queue.
+        """
         pane = self.pane(visitor_name)
         await pane.locator("button.transfer").click()
         target = pane.locator("select.transfer-target")

@@ -29,7 +29,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 def watch() -> PageWatch:
-    """Collect script errors and dialogs; any of them fails the test."""
+    """Collect script errors and dialogs. Any of them fails the test."""
     pages = PageWatch()
     yield pages  # type: ignore[misc]
     assert pages.dialogs == []
@@ -42,7 +42,7 @@ async def signed_in(
     server: ServerProcess,
     name: str,
 ) -> tuple[Dashboard, str]:
-    """Create an agent, sign it in on its own page; return the page and its id."""
+    """Create an agent, sign it in on its own page, and return the page and the id."""
     email = f"{name.lower()}@example.com"
     agent_id = await server.create_agent(email, name)
     dashboard = Dashboard(await new_page(browser, watch, name))
