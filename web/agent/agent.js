@@ -851,6 +851,7 @@
 
   function fillTransferTargets(view, select, agents) {
     const options = [new Option("Choose an agent or a department", "")];
+
     const people = document.createElement("optgroup");
     people.label = "Agents";
     // Agents who can take the chat come first, then the others, by name.
@@ -871,6 +872,7 @@
       people.append(none);
     }
     options.push(people);
+
     // "department:" with no id stands for the general queue, sent as null.
     const queues = document.createElement("optgroup");
     queues.label = "Queues";
