@@ -158,6 +158,9 @@ class Dashboard:
         await self.page.fill("#password", PASSWORD)
         await self.page.click("#signin-form button[type=submit]")
         await expect(self.page.locator("#app")).to_be_visible()
+        # The name comes with the session event, which also sets the capacity
+        # field, so a test that edits the field must wait for it first.
+        await expect(self.page.locator("#agent-name")).not_to_be_empty()
         await expect(self.queue).not_to_be_empty()
 
     async def go_ready(self, max_chats: int = 1) -> None:
