@@ -558,3 +558,22 @@ async def test_hostile_text_in_new_views(
     for page in (vera.page, omar.page, ann.page):
         assert await page.locator("img").count() == 0
     # The watch fixture fails the test if any dialog opened.
+
+
+async def test_leave_message_shows_server_error(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    vera = await visitor(browser, watch, server, "Vera")
+    await vera.offer.get_by_role("button", name="Leave a message").click()
+    # Past the field's maxlength, which only limits typing: the server rejects it.
+    too_long = "v" * 250 + "@example.com"
+    await vera.leave.get_by_label("Email").evaluate(
+        "(field, value) => { field.value = value; }", too_long
+    )
+    await vera.leave.get_by_label("Message", exact=True).fill("Hello")
+    await vera.leave.locator("button.leave-send").click()
+    error = vera.leave.locator(".leave-error")
+    await expect(error).to_have_text(re.compile(r"email", re.IGNORECASE))
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(vera.leave).to_be_visible()
+    await expect(vera.leave.get_by_label("Message", exact=True)).to_have_value("Hello")
