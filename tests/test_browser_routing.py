@@ -335,6 +335,9 @@ async def test_leave_message_answered_from_missed(
     await expect(item.locator(".msg.agent .text")).to_have_text("Yes, since Monday.")
     await expect(vera.message("Yes, since Monday.")).to_be_visible()
 
+    await ann.page.click("#missed-refresh")
+    await expect(item.locator(".missed-meta")).to_contain_text("answered by Ann")
+
 
 async def test_queue_timeout_offers_message(
     browser: Browser,

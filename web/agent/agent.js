@@ -1196,7 +1196,8 @@
       (email || "No email given") +
       " · " +
       (Number.isNaN(when.getTime()) ? chat.created_at : when.toLocaleString()) +
-      (chat.department ? " · " + departmentName(chat.department) : "");
+      (chat.department ? " · " + departmentName(chat.department) : "") +
+      (chat.agent ? " · answered by " + chat.agent.name : "");
 
     const thread = document.createElement("div");
     thread.className = "thread";
