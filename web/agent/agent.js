@@ -50,6 +50,7 @@
   const SHORTCUT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
   const MAX_SUGGESTIONS = 6;
   const MISSED_POLL_MS = 60000;
+  const CANNED_REFRESH_MS = 30000;
 
   const state = {
     socket: null,
@@ -64,6 +65,7 @@
     view: "chats", // which section the main area shows: chats, missed or canned
     canned: [], // canned responses, sorted by shortcut
     editingCanned: null, // the canned response the form is editing, or null when adding
+    cannedLoadedAt: 0, // Date.now() of the last canned response load
     missed: [], // [{chat, messages}] for the Missed list
   };
 
@@ -945,6 +947,7 @@
   // Canned responses: "/shortcut" and Tab in a composer insert the stored text.
 
   async function loadCanned() {
+    state.cannedLoadedAt = Date.now();
     try {
       state.canned = (await api("GET", "/api/canned-responses")).canned_responses || [];
       ui.cannedError.textContent = "";
@@ -964,7 +967,14 @@
   function updateSuggestions(chatId) {
     const view = state.chats.get(chatId);
     if (!view) return;
-    const typed = shortcutAtCaret(view.pane.querySelector("textarea"));
+    const textarea = view.pane.querySelector("textarea");
+    const typed = shortcutAtCaret(textarea);
+    if (typed && Date.now() - state.cannedLoadedAt > CANNED_REFRESH_MS) {
+      // Pick up responses other agents added since the last load.
+      loadCanned().then(() => {
+        if (document.activeElement === textarea) updateSuggestions(chatId);
+      });
+    }
     view.suggestions = typed
       ? state.canned.filter((item) => item.shortcut.startsWith(typed.prefix)).slice(0, MAX_SUGGESTIONS)
       : [];
