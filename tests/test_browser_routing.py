@@ -300,6 +300,27 @@ async def test_rating_asked_after_reconnect(
     await expect(ann.pane("Vera").locator(".rating")).to_have_text("Rated ★★★★★ 5 of 5")
 
 
+async def test_rating_asked_on_return(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await vera.page.goto("about:blank")
+    await ann.pane("Vera").locator("button.end").click()
+    await expect(ann.pane("Vera").locator(".state")).to_have_text("You ended the chat.")
+
+    await vera.page.goto(server.url + "/")
+    await vera.open()
+    await expect(vera.rating).to_be_visible()
+    await expect(vera.ended_text).to_have_text("Your last chat has ended.")
+    await vera.star(5).click()
+    await vera.rating.locator("button.rating-send").click()
+    await expect(vera.rating_result).to_have_text("Thank you for rating this chat!")
+    await expect(ann.pane("Vera").locator(".rating")).to_have_text("Rated ★★★★★ 5 of 5")
+    await vera.again.click()
+    await expect(vera.ended).to_be_hidden()
+    await expect(vera.text).to_be_focused()
+
+
 async def test_leave_message_answered_from_missed(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:

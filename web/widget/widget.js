@@ -778,9 +778,22 @@
       if (stored && state.chat && state.chat.id === stored.id && isClosed(stored)) {
         closeChat(stored);
       }
+    } else if (!state.chat) {
+      await recoverClosedChat(session.token);
     }
     render();
     flushOutbox();
+  }
+
+  // A chat that closed while no page of this visitor was open is known only by
+  // the id kept in localStorage. Ask for its rating if it ended with an agent.
+  async function recoverClosedChat(token) {
+    const last = load("chat", null);
+    if (!last || typeof last.id !== "string") return;
+    const stored = await fetchChat(last.id, token);
+    if (!stored) return; // Kept, so the next session tries again.
+    save("chat", null);
+    if (!state.chat && stored.status === "ended" && stored.agent) askForRating(stored);
   }
 
   function setChat(chat) {
@@ -794,9 +807,12 @@
     }
     state.chat = chat;
     if (chat.status !== "queued") state.position = null;
+    // Kept so that a page loaded after the chat closed can still ask for a rating.
+    if (!isClosed(chat)) save("chat", { id: chat.id });
   }
 
   function closeChat(chat) {
+    save("chat", null);
     state.chat = chat;
     state.agentTyping = false;
     state.waitingAgain = false;
@@ -1025,7 +1041,7 @@
     stopTyping();
     if (state.socket) state.socket.disconnect();
     state.socket = null;
-    for (const name of ["token", "identity", "outbox", "rating"]) save(name, null);
+    for (const name of ["token", "identity", "outbox", "rating", "chat"]) save(name, null);
     Object.assign(state, {
       rating: null,
       ratingResult: "",
