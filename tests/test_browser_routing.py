@@ -601,3 +601,59 @@ async def test_leave_message_shows_server_error(
     await expect(error).to_have_attribute("role", "alert")
     await expect(vera.leave).to_be_visible()
     await expect(vera.leave.get_by_label("Message", exact=True)).to_have_value("Hello")
+
+
+async def test_rate_limited_messages_retried(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_LIMIT_MESSAGES_PER_VISITOR="1/second")
+    ann, vera = await chatting(browser, watch, server)
+    texts = ["My stove leaks", "second", "third"]
+    for text in texts[1:]:
+        await vera.send(text)
+    for text in texts:
+        await expect(ann.message("Vera", text)).to_be_visible(timeout=10000)
+    await expect(vera.stored).to_have_count(3)
+    assert await vera.texts() == texts
+    assert "event=message rejected: rate_limited" in server.log()
+
+
+async def test_rate_limited_replies_retried(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_LIMIT_EVENTS_PER_SOCKET="3/second")
+    ann, vera = await chatting(browser, watch, server)
+    replies = [f"reply {number}" for number in range(1, 6)]
+    for text in replies:
+        await ann.reply("Vera", text)
+    for text in replies:
+        await expect(vera.message(text)).to_be_visible(timeout=15000)
+    assert await vera.texts() == ["My stove leaks", *replies]
+    await expect(ann.pane("Vera").locator(".msg.system")).to_have_count(0)
+
+
+async def test_refused_tab_connects_later(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(CHAT_MAX_SOCKETS_PER_VISITOR="1")
+    first = await visitor(browser, watch, server, "Vera")
+    await first.send("from the first tab")
+    await expect(first.message("from the first tab")).to_be_visible()
+
+    second = Widget(await first.page.context.new_page())
+    watch.attach(second.page, "Vera tab 2")
+    await second.page.goto(server.url + "/")
+    await second.open()
+    await expect(second.status).to_have_text(
+        "The chat is busy, or too many chat windows are open. Trying again shortly."
+    )
+    await first.page.close()
+    # The server asks for a 10 s wait before the next try.
+    await expect(second.message("from the first tab")).to_be_visible(timeout=20000)
+    await expect(second.status).to_contain_text("in the queue")

@@ -142,12 +142,20 @@
       ui.banner.hidden = false;
     });
     socket.on("connect_error", (error) => {
-      if (error && error.data && error.data.code === "unauthorized") {
+      const code = error && error.data ? error.data.code : null;
+      if (code === "unauthorized") {
         localStorage.removeItem(TOKEN_KEY);
         showSignin("Your session has expired. Sign in again.");
-      } else {
-        ui.banner.hidden = false;
+        return;
       }
+      ui.banner.hidden = false;
+      // socket.io-client does not reconnect after the server refused the
+      // handshake, so retry after the wait that a rate limit sends.
+      if (socket.active || (code !== "rate_limited" && code !== "internal_error")) return;
+      const delay = retryDelayMs(code === "rate_limited" ? error.data.retry_after_s : 5);
+      setTimeout(() => {
+        if (state.socket === socket && !socket.connected) socket.connect();
+      }, delay);
     });
     loadCanned();
     loadMissed(false);
@@ -740,47 +748,56 @@
     if (!view || !text || !state.socket) return;
     textarea.value = "";
     stopTyping(view);
-    const clientId = crypto.randomUUID();
-    // Retry with the same client_id until the server acknowledges it, so a
-    // reply written during a drop is stored once when the connection returns.
-    for (let attempt = 0; attempt < 30; attempt += 1) {
-      try {
-        const reply = await state.socket
-          .timeout(ACK_TIMEOUT_MS)
-          .emitWithAck("message", { chat_id: chatId, text, client_id: clientId });
-        if (reply.ok) addMessages(view, [reply.message]);
-        else alertInPane(view, reply.error.message);
-        renderAll();
-        return;
-      } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-      }
-    }
-    alertInPane(view, "The reply could not be sent. Check the connection.");
+    const payload = { chat_id: chatId, text, client_id: crypto.randomUUID() };
+    const reply = await emitUntilAcknowledged("message", payload);
+    if (reply === null) alertInPane(view, "The reply could not be sent. Check the connection.");
+    else if (reply.ok) addMessages(view, [reply.message]);
+    else alertInPane(view, reply.error.message);
+    renderAll();
   }
 
-  // Send an internal note, which the server relays only to agents. A retry
-  // reuses the client_id, so the note is stored once.
+  // Send an internal note, which the server relays only to agents.
   async function sendNote(chatId, textarea) {
     const view = state.chats.get(chatId);
     const text = textarea.value.trim();
     if (!view || !text || !state.socket) return;
     textarea.value = "";
-    const clientId = crypto.randomUUID();
+    const payload = { chat_id: chatId, text, client_id: crypto.randomUUID() };
+    const reply = await emitUntilAcknowledged("note", payload);
+    if (reply === null) alertInPane(view, "The note could not be saved. Check the connection.");
+    else if (reply.ok) addNotes(view, [reply.note]);
+    else alertInPane(view, reply.error.message);
+    renderAll();
+  }
+
+  // Emit until the server acknowledges, up to 30 attempts, and return the
+  // reply, or null when every attempt timed out. The payload keeps its
+  // client_id, so text written during a drop is stored once when the
+  // connection returns. A rate_limited reply waits the time the server sends.
+  async function emitUntilAcknowledged(event, payload) {
     for (let attempt = 0; attempt < 30; attempt += 1) {
+      let reply;
       try {
-        const reply = await state.socket
-          .timeout(ACK_TIMEOUT_MS)
-          .emitWithAck("note", { chat_id: chatId, text, client_id: clientId });
-        if (reply.ok) addNotes(view, [reply.note]);
-        else alertInPane(view, reply.error.message);
-        renderAll();
-        return;
+        reply = await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
       } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, 1000));
+        await sleep(1000);
+        continue;
       }
+      if (reply.ok || reply.error.code !== "rate_limited") return reply;
+      await sleep(retryDelayMs(reply.error.retry_after_s));
     }
-    alertInPane(view, "The note could not be saved. Check the connection.");
+    return null;
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  // Milliseconds to wait before a retry that the server asked for in whole
+  // seconds, kept between 1 s and 5 min.
+  function retryDelayMs(seconds) {
+    const wait = Number.isFinite(seconds) ? seconds : 1;
+    return Math.min(300, Math.max(1, wait)) * 1000;
   }
 
   function alertInPane(view, text) {

@@ -82,6 +82,8 @@
     messages: new Map(), // seq -> Message
     outbox: load("outbox", []), // [{kind, client_id, text}]
     flushing: false,
+    flushTimer: null, // retries the outbox after a rate_limited reply
+    connectLimited: false, // true after the server refused the handshake with rate_limited
     failedConnects: 0,
     agentReadSeq: 0,
     agentTyping: false,
@@ -401,6 +403,9 @@
 
   function statusLine() {
     const chat = state.chat;
+    if (!state.connected && state.connectLimited) {
+      return "The chat is busy, or too many chat windows are open. Trying again shortly.";
+    }
     if (!state.connected && !state.everConnected) {
       // A few failed attempts usually mean the site's origin is not allowed
       // by the chat server, or the server is down.
@@ -680,6 +685,7 @@
 
     socket.on("connect", () => {
       state.failedConnects = 0;
+      state.connectLimited = false;
       state.connected = true;
       state.everConnected = true;
       render();
@@ -689,12 +695,27 @@
       render();
     });
     socket.on("connect_error", (error) => {
-      if (error && error.data && error.data.code === "unauthorized") {
+      const code = error && error.data ? error.data.code : null;
+      const hadToken = load("token", null) !== null;
+      if (code === "unauthorized") {
         // The stored token is no longer valid: continue as a new visitor.
         save("token", null);
       }
       state.failedConnects += 1;
+      state.connectLimited = code === "rate_limited";
       render();
+      // socket.io-client does not reconnect after the server refused the
+      // handshake, so retry here: at once as a new visitor, or after the
+      // wait that a rate limit sends.
+      if (socket.active) return;
+      let delay = null;
+      if (code === "unauthorized" && hadToken) delay = 0;
+      else if (code === "rate_limited") delay = retryDelayMs(error.data.retry_after_s);
+      else if (code === "internal_error") delay = retryDelayMs(5);
+      if (delay === null) return;
+      setTimeout(() => {
+        if (state.socket === socket && !socket.connected) socket.connect();
+      }, delay);
     });
     socket.on("session", onSession);
     socket.on("queue_update", (update) => {
@@ -917,6 +938,12 @@
         const item = state.outbox[0];
         const reply = await deliver(socket, item);
         if (reply === null) break; // Timed out: retried on the next connect.
+        if (!reply.ok && reply.error.code === "rate_limited") {
+          // Nothing was stored, so the message stays first in the outbox.
+          clearTimeout(state.flushTimer);
+          state.flushTimer = setTimeout(flushOutbox, retryDelayMs(reply.error.retry_after_s));
+          break;
+        }
         state.outbox.shift();
         save("outbox", state.outbox);
         if (!reply.ok) {
@@ -935,6 +962,13 @@
     } finally {
       state.flushing = false;
     }
+  }
+
+  // Milliseconds to wait before a retry that the server asked for in whole
+  // seconds, kept between 1 s and 5 min.
+  function retryDelayMs(seconds) {
+    const wait = Number.isFinite(seconds) ? seconds : 1;
+    return Math.min(300, Math.max(1, wait)) * 1000;
   }
 
   async function deliver(socket, item) {
