@@ -10,10 +10,11 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from aiohttp import web
 from playwright.async_api import Browser, expect
 
 from tests.browser import Dashboard, PageWatch, Widget, launch_chromium, new_page
-from tests.support import Clients, ServerProcess
+from tests.support import Clients, ServerProcess, free_port
 
 DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -657,3 +658,60 @@ async def test_refused_tab_connects_later(
     # The server asks for a 10 s wait before the next try.
     await expect(second.message("from the first tab")).to_be_visible(timeout=20000)
     await expect(second.status).to_contain_text("in the queue")
+
+
+@pytest.fixture
+async def shop() -> AsyncIterator[tuple[str, Callable[[ServerProcess], str]]]:
+    """Serve a shop page on another loopback port that embeds the widget.
+
+    Yield the shop's origin and a function that returns the page's URL for a
+    chat server.
+    """
+    html = ""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    def publish(server: ServerProcess) -> str:
+        nonlocal html
+        html = (
+            "<!doctype html><html><head><title>Shop</title></head><body>"
+            f'<script async src="{server.url}/widget.js"></script></body></html>'
+        )
+        return f"http://127.0.0.1:{port}/"
+
+    yield f"http://127.0.0.1:{port}", publish
+    await runner.cleanup()
+
+
+async def test_rating_on_return_other_origin(
+    browser: Browser,
+    watch: PageWatch,
+    server_factory: Callable[..., ServerProcess],
+    shop: tuple[str, Callable[[ServerProcess], str]],
+) -> None:
+    origin, publish = shop
+    server = server_factory(CHAT_CORS_ORIGINS=origin)
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await ann.go_ready()
+    vera = Widget(await new_page(browser, watch, "Vera"))
+    await vera.page.goto(publish(server))
+    await vera.open()
+    await vera.page.evaluate("() => window.SioChat.identify({ name: 'Vera' })")
+    await vera.send("Hello from the shop")
+    await expect(ann.message("Vera", "Hello from the shop")).to_be_visible()
+
+    await vera.page.goto("about:blank")
+    await ann.pane("Vera").locator("button.end").click()
+    await expect(ann.pane("Vera").locator(".state")).to_have_text("You ended the chat.")
+    # The widget reads the closed chat over HTTP, a cross-origin request here.
+    await vera.page.goto(publish(server))
+    await vera.open()
+    await expect(vera.rating).to_be_visible()
