@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, expect
@@ -715,3 +716,40 @@ async def test_rating_on_return_other_origin(
     await vera.page.goto(publish(server))
     await vera.open()
     await expect(vera.rating).to_be_visible()
+
+
+async def admin_patch(
+    server: ServerProcess, agent_id: str, change: dict[str, object]
+) -> None:
+    """Change an agent over the admin API, as a separate admin account."""
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    token = await server.login("root@example.com")
+    async with aiohttp.ClientSession() as http:
+        response = await http.patch(
+            f"{server.url}/api/admin/agents/{agent_id}",
+            json=change,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        body = await response.json()
+    assert response.status == 200, body
+
+
+async def test_admin_changes_reach_dashboard(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, ann_id = await signed_in(browser, watch, server, "Ann")
+    await admin_patch(server, ann_id, {"name": "Ann Berg", "max_chats": 3})
+    await expect(ann.page.locator("#agent-name")).to_have_text("Ann Berg")
+    await expect(ann.page.locator("#max-chats")).to_have_value("3")
+
+
+async def test_disabled_agent_signed_out(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, ann_id = await signed_in(browser, watch, server, "Ann")
+    await admin_patch(server, ann_id, {"disabled": True})
+    await expect(ann.page.locator("#signin")).to_be_visible()
+    await expect(ann.page.locator("#signin-error")).to_have_text(
+        "An administrator disabled this account."
+    )
+    await expect(ann.page.locator("#app")).to_be_hidden()

@@ -211,6 +211,22 @@
       view.visitorTyping = false;
       renderAll();
     });
+    // An administrator changed this account, or signed it out.
+    socket.on("agent_updated", (agent) => {
+      ui.agentName.textContent = agent.name;
+      if (agent.max_chats) ui.maxChats.value = String(agent.max_chats);
+      if (agent.serving !== undefined) checkServing(agent.serving);
+      if (agent.status === "ready" || agent.status === "away") state.status = agent.status;
+      renderStatus();
+    });
+    socket.on("signed_out", ({ reason }) => {
+      localStorage.removeItem(TOKEN_KEY);
+      showSignin(
+        reason === "disabled"
+          ? "An administrator disabled this account."
+          : "The password of this account changed. Sign in again.",
+      );
+    });
     // Notes written in this agent's other tabs.
     socket.on("note", (payload) => {
       const note = payload && payload.note ? payload.note : payload;
