@@ -114,6 +114,31 @@ async def test_transfer_to_agent(
     await expect(ann.page.locator(".pane")).to_have_count(0)
 
 
+async def test_transfer_by_keyboard(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    bea, _ = await signed_in(browser, watch, server, "Bea")
+    await bea.go_ready()
+    keyboard = ann.page.keyboard
+    pane = ann.pane("Vera")
+
+    await pane.locator("button.transfer").focus()
+    await keyboard.press("Enter")
+    target = pane.locator("select.transfer-target")
+    await expect(target).to_be_focused()
+    await expect(target.locator("option", has_text="Bea")).to_be_enabled()
+    await keyboard.press("ArrowDown")
+    await expect(target.locator("option:checked")).to_have_text(
+        "Bea (ready, 0 of 1 chats)"
+    )
+    await keyboard.press("Tab")
+    await keyboard.press("Enter")
+    await expect(vera.system("You are now chatting with Bea.")).to_be_visible()
+    await expect(ann.notice).to_be_focused()
+    await expect(bea.message("Vera", "My stove leaks")).to_be_visible()
+
+
 async def test_transfer_picker_marks_full_agent(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:

@@ -350,12 +350,15 @@
   function removeChat(view, notice) {
     const chatId = view.chat.id;
     if (state.chats.get(chatId) !== view) return;
+    const hadFocus = view.pane.contains(document.activeElement);
     stopTyping(view);
     view.pane.remove();
     state.chats.delete(chatId);
     if (state.selected === chatId) state.selected = null;
     showNotice(notice);
     renderAll();
+    // Keyboard users keep their place: the notice takes the focus the pane had.
+    if (hadFocus) ui.notice.focus();
   }
 
   function showNotice(text) {
@@ -975,6 +978,8 @@
     }
     const to = reply.chat && reply.chat.agent && kind === "agent" ? reply.chat.agent : null;
     removeChat(view, removedNote(view, "transferred", to));
+    // The disabled button lost the focus, so move it here by hand.
+    ui.notice.focus();
   }
 
   // Canned responses: "/shortcut" and Tab in a composer insert the stored text.
