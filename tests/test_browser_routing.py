@@ -517,6 +517,21 @@ async def test_leave_message_while_queued(
     await expect(vera.status).to_be_hidden()
 
 
+async def test_agent_arrival_closes_leave_form(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    vera = await visitor(browser, watch, server, "Vera")
+    await vera.send("Hello, anyone?")
+    await vera.offer.get_by_role("button", name="Leave a message").click()
+    await expect(vera.leave).to_be_visible()
+
+    ann, _ = await signed_in(browser, watch, server, "Ann")
+    await ann.go_ready()
+    await expect(vera.status).to_have_text("You are chatting with Ann.")
+    await expect(vera.leave).to_be_hidden()
+    await expect(vera.text).to_be_visible()
+
+
 async def test_no_reply_requeues_chat(
     browser: Browser,
     watch: PageWatch,

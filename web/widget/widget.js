@@ -739,6 +739,8 @@
         addNotice("You are now chatting with " + chat.agent.name + ".");
       }
       state.waitingAgain = false;
+      // An agent took the chat, so a message form opened meanwhile is moot.
+      state.leaveOpen = false;
       if (has_more) catchUp();
       render();
     });
