@@ -228,9 +228,8 @@
       );
     });
     // Notes written in this agent's other tabs.
-    socket.on("note", (payload) => {
-      const note = payload && payload.note ? payload.note : payload;
-      const view = note && state.chats.get(note.chat_id);
+    socket.on("note", (note) => {
+      const view = state.chats.get(note.chat_id);
       if (!view) return;
       addNotes(view, [note]);
       renderPane(view);
