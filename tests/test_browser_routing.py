@@ -1,7 +1,8 @@
 """Routing features in the widget and the dashboard, in headless Chromium.
 
 Transfers, departments, internal notes, canned responses, ratings and messages
-left while no agent is online, each against a real server subprocess.
+left while no agent is online, each against a real server subprocess. Also how
+both pages handle the server's timeouts, rate limits and admin changes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.support import Clients, ServerProcess, free_port
 
 DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
 HOSTILE = "<img src=x onerror=alert(1)>"
-# Timers short enough to wait out in a test.
+# Check the timeouts every 0.2 s, so a 1 s timeout fires within a test's wait.
 FAST_TIMERS = {"CHAT_TIMER_INTERVAL_S": "0.2"}
 
 
