@@ -309,6 +309,7 @@
         transferredFrom: null, // {id, name} of the agent who transferred the chat here
         suggestions: [], // canned responses that match the "/shortcut" being typed
         suggestionIndex: 0,
+        outgoing: Promise.resolve(), // the last reply or note in flight
         pane: createPane(chat.id),
         typingTimer: null,
       };
@@ -767,7 +768,7 @@
     textarea.value = "";
     stopTyping(view);
     const payload = { chat_id: chatId, text, client_id: crypto.randomUUID() };
-    const reply = await emitUntilAcknowledged("message", payload);
+    const reply = await inOrder(view, () => emitUntilAcknowledged("message", payload));
     if (reply === null) alertInPane(view, "The reply could not be sent. Check the connection.");
     else if (reply.ok) addMessages(view, [reply.message]);
     else alertInPane(view, reply.error.message);
@@ -781,11 +782,19 @@
     if (!view || !text || !state.socket) return;
     textarea.value = "";
     const payload = { chat_id: chatId, text, client_id: crypto.randomUUID() };
-    const reply = await emitUntilAcknowledged("note", payload);
+    const reply = await inOrder(view, () => emitUntilAcknowledged("note", payload));
     if (reply === null) alertInPane(view, "The note could not be saved. Check the connection.");
     else if (reply.ok) addNotes(view, [reply.note]);
     else alertInPane(view, reply.error.message);
     renderAll();
+  }
+
+  // Run `send` after the chat's previous reply or note is acknowledged, so a
+  // retry after a timeout or a rate limit cannot overtake a later message.
+  function inOrder(view, send) {
+    const result = view.outgoing.then(send);
+    view.outgoing = result.catch(() => null);
+    return result;
   }
 
   // Emit until the server acknowledges, up to 30 attempts, and return the
