@@ -697,7 +697,7 @@ async def test_refused_tab_connects_later(
         "The chat is busy, or too many chat windows are open. Trying again shortly."
     )
     await first.page.close()
-    # The server asks for a 10 s wait before the next try.
+    # The refusal sets retry_after_s to 10, so the next try comes within 20 s.
     await expect(second.message("from the first tab")).to_be_visible(timeout=20000)
     await expect(second.status).to_contain_text("in the queue")
 
