@@ -275,3 +275,62 @@ async def serve_in_order(agent: ChatClient, count: int) -> list[str]:
         served.append(str(started["chat"]["id"]))
         await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
     return served
+
+
+# Two departments for the routing tests, in `CHAT_DEPARTMENTS` syntax.
+DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
+
+
+def session_of(client: ChatClient) -> dict[str, Any]:
+    """Return the payload of the first `session` event that `client` received."""
+    for event, data in client.received:
+        if event == "session":
+            return dict(data)
+    raise AssertionError("the client received no session event")
+
+
+async def ready_agent(
+    clients: Clients,
+    email: str,
+    *,
+    max_chats: int = 1,
+    departments: list[str] | None = None,
+) -> ChatClient:
+    """Connect an agent and send `agent_ready`; `departments=None` sends none."""
+    agent = await clients.agent(email)
+    payload: dict[str, Any] = {"max_chats": max_chats}
+    if departments is not None:
+        payload["departments"] = departments
+    response = await agent.call("agent_ready", payload)
+    assert response["ok"], response
+    return agent
+
+
+async def http_json(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    **options: Any,
+) -> tuple[int, Any]:
+    """Send one HTTP request to the server; return the status and the JSON body."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, headers=headers, **options) as response,
+    ):
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def wait_until(
+    condition: Any, timeout: float = 5, interval: float = 0.05
+) -> None:
+    """Poll the no-argument async `condition` until it returns true or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
