@@ -1,0 +1,148 @@
+"""Estimated wait in join replies and queue updates, from real chat timings.
+
+The estimate is position * mean chat duration / open capacity once 5 chats
+have ended with an agent, the median wait once 5 waits are known, and null
+otherwise or with no ready agent. The tests create chats and waits of about
+2 s and compare with a tolerance of 1 s, because the server rounds the estimate
+to whole seconds and its timestamps differ from the client's by milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.support import DEPARTMENTS, ChatClient, Clients, ready_agent
+
+# Length of each timed chat and of each timed wait, in seconds.
+TIMED_S = 2.0
+TOLERANCE_S = 1.0
+
+
+async def run_timed_chats(
+    clients: Clients, agent: ChatClient, count: int
+) -> list[float]:
+    """Run `count` chats side by side for about TIMED_S; return their durations."""
+    visitors = [await clients.visitor() for _ in range(count)]
+    await asyncio.gather(*(visitor.call("join_queue", {}) for visitor in visitors))
+    started_at: dict[str, float] = {}
+    for _ in range(count):
+        started = await agent.next("chat_started")
+        started_at[started["chat"]["id"]] = time.monotonic()
+    await asyncio.sleep(TIMED_S)
+
+    async def end(chat_id: str) -> float:
+        ended = await agent.call("end_chat", {"chat_id": chat_id})
+        assert ended["ok"], ended
+        return time.monotonic() - started_at[chat_id]
+
+    return list(await asyncio.gather(*(end(chat_id) for chat_id in started_at)))
+
+
+async def join_waiting(clients: Clients) -> tuple[ChatClient, dict[str, Any]]:
+    visitor = await clients.visitor()
+    joined = await visitor.call("join_queue", {})
+    assert joined["ok"], joined
+    assert joined["chat"]["status"] == "queued"
+    return visitor, joined
+
+
+async def latest_update(visitor: ChatClient) -> dict[str, Any]:
+    """Wait for a queue update, let later ones arrive, and return the newest."""
+    updates = [await visitor.next("queue_update")]
+    await asyncio.sleep(0.5)
+    updates += visitor.drain("queue_update")
+    return dict(updates[-1])
+
+
+def assert_close(estimate: Any, expected: float) -> None:
+    assert isinstance(estimate, int), f"estimate {estimate!r} is not whole seconds"
+    assert abs(estimate - expected) <= TOLERANCE_S, (estimate, expected)
+
+
+async def test_estimate_null_without_data(clients: Clients) -> None:
+    _, alone = await join_waiting(clients)
+    assert alone["estimated_wait_s"] is None
+
+    agent = await ready_agent(clients, "alice@example.com", max_chats=1)
+    await agent.next("chat_started")
+    _, waiting = await join_waiting(clients)
+    assert waiting["position"] == 1
+    assert waiting["agents_online"] == 1
+    assert waiting["estimated_wait_s"] is None
+
+
+async def test_estimate_from_chat_durations(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
+    agent = await ready_agent(clients, "alice@example.com", max_chats=5)
+    durations = await run_timed_chats(clients, agent, 4)
+
+    # Four durations and four waits are not enough for an estimate. A billing
+    # chat waits because the agent now serves sales only.
+    serving = await agent.call("agent_ready", {"departments": ["sales"]})
+    assert serving["ok"], serving
+    billing = await clients.visitor()
+    early = await billing.call("join_queue", {"department": "billing"})
+    assert early["ok"], early
+    assert early["position"] == 1
+    assert early["agents_online"] == 1
+    assert early["estimated_wait_s"] is None
+    ended = await billing.call("end_chat", {"chat_id": early["chat"]["id"]})
+    assert ended["ok"], ended
+
+    assert (await agent.call("agent_ready", {"departments": []}))["ok"]
+    durations += await run_timed_chats(clients, agent, 1)
+    mean_s = sum(durations) / len(durations)
+
+    # With one slot of capacity, the estimate is position * mean duration.
+    assert (await agent.call("agent_ready", {"max_chats": 1}))["ok"]
+    holder = await clients.visitor()
+    await holder.call("join_queue", {})
+    await agent.next("chat_started")
+    waiting = []
+    for position in (1, 2, 3):
+        visitor, joined = await join_waiting(clients)
+        assert joined["position"] == position
+        assert_close(joined["estimated_wait_s"], position * mean_s)
+        waiting.append(visitor)
+    for position, visitor in enumerate(waiting, start=1):
+        update = await latest_update(visitor)
+        assert update["position"] == position
+        assert_close(update["estimated_wait_s"], position * mean_s)
+
+    # Two slots halve the estimate, once the first waiting chat is taken.
+    assert (await agent.call("agent_ready", {"max_chats": 2}))["ok"]
+    await agent.next("chat_started")
+    for position, visitor in enumerate(waiting[1:], start=1):
+        update = await latest_update(visitor)
+        assert update["position"] == position
+        assert_close(update["estimated_wait_s"], position * mean_s / 2)
+
+    # No ready agent: no estimate.
+    assert (await agent.call("agent_away", {}))["ok"]
+    update = await latest_update(waiting[1])
+    assert update["agents_online"] == 0
+    assert update["estimated_wait_s"] is None
+
+
+async def test_estimate_from_waits(clients: Clients) -> None:
+    early = [await clients.visitor() for _ in range(5)]
+    await asyncio.gather(*(visitor.call("join_queue", {}) for visitor in early))
+    await asyncio.sleep(TIMED_S)
+    agent = await ready_agent(clients, "alice@example.com", max_chats=5)
+    for _ in early:
+        await agent.next("chat_started")
+
+    # Five waits of about TIMED_S are known and no chat has ended yet, so the
+    # estimate is their median whatever the position.
+    for position in (1, 2):
+        visitor, joined = await join_waiting(clients)
+        assert joined["position"] == position
+        assert_close(joined["estimated_wait_s"], TIMED_S)
+        update = await latest_update(visitor)
+        assert update["position"] == position
+        assert_close(update["estimated_wait_s"], TIMED_S)
