@@ -58,7 +58,8 @@ async def latest_update(visitor: ChatClient) -> dict[str, Any]:
 
 
 def assert_close(estimate: Any, expected: float) -> None:
-    assert isinstance(estimate, int), f"estimate {estimate!r} is not whole seconds"
+    assert isinstance(estimate, int | float), f"estimate {estimate!r} is no number"
+    assert estimate == round(estimate), f"estimate {estimate!r} is not whole seconds"
     assert abs(estimate - expected) <= TOLERANCE_S, (estimate, expected)
 
 
