@@ -1,0 +1,346 @@
+"""Queue, agent reply and visitor idle timeouts over real sockets.
+
+Every server here checks its timeouts every 0.2 s (`CHAT_TIMER_INTERVAL_S`),
+so a 1 s timeout fires between 1.0 and about 1.4 s after its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.support import ChatClient, Clients, http_json, ready_agent, session_of
+
+TIMER = {"CHAT_TIMER_INTERVAL_S": "0.2"}
+# Longest wait for a 1 s timeout to fire, with room for a busy machine.
+FIRE_WITHIN_S = 5.0
+
+
+def ended_events(client: ChatClient, chat_id: str) -> list[Any]:
+    return [
+        data
+        for event, data in client.received
+        if event == "chat_ended" and data["chat_id"] == chat_id
+    ]
+
+
+async def fetch_chat(
+    clients: Clients, token: str, chat_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return the stored chat and its messages, read over HTTP."""
+    status, body = await http_json(
+        clients.server, "GET", f"/api/chats/{chat_id}/messages", token=token
+    )
+    assert status == 200, body
+    return dict(body["chat"]), list(body["messages"])
+
+
+async def listed_ids(clients: Clients, token: str, status: str) -> list[str]:
+    code, body = await http_json(
+        clients.server, "GET", f"/api/chats?status={status}&limit=500", token=token
+    )
+    assert code == 200, body
+    return [chat["id"] for chat in body["chats"]]
+
+
+# Queue timeout
+
+
+async def test_queue_timeout_makes_missed(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", **TIMER)
+    visitor = await clients.visitor(name="Vera")
+    tab = await clients.visitor(token=visitor.auth["token"])
+    joined_at = time.monotonic()
+    joined = await visitor.call("join_queue", {"message": "anyone there?"})
+    chat_id = joined["chat"]["id"]
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "hello?", "client_id": "m-2"}
+    )
+    assert sent["ok"], sent
+
+    expected = {"chat_id": chat_id, "ended_by": "system", "reason": "queue_timeout"}
+    assert await visitor.next("chat_ended", timeout=FIRE_WITHIN_S) == expected
+    assert time.monotonic() - joined_at >= 0.9
+    assert await tab.next("chat_ended") == expected
+    await visitor.no_more("chat_ended", within=1.0)
+    await tab.no_more("chat_ended", within=0.0)
+
+    agent = await clients.agent()
+    token = agent.auth["token"]
+    assert (await listed_ids(clients, token, "missed")).count(chat_id) == 1
+    assert chat_id not in await listed_ids(clients, token, "queued")
+    assert chat_id not in await listed_ids(clients, token, "ended")
+    chat, messages = await fetch_chat(clients, token, chat_id)
+    assert chat["status"] == "missed"
+    assert chat["agent"] is None
+    assert [m["text"] for m in messages] == ["anyone there?", "hello?"]
+
+    late = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "late", "client_id": "m-3"}
+    )
+    assert late["ok"] is False
+    assert late["error"]["code"] == "wrong_state"
+    # The missed chat is closed: the next join opens a new chat, which the
+    # agent gets, never the missed one.
+    again = await visitor.call("join_queue", {})
+    assert again["chat"]["id"] != chat_id
+    assert again["chat"]["status"] == "queued"
+    assert (await agent.call("agent_ready", {}))["ok"]
+    assert (await agent.next("chat_started"))["chat"]["id"] == again["chat"]["id"]
+
+
+@pytest.mark.parametrize("steady_tab", [True, False])
+async def test_queue_timeout_once_across_reconnects(
+    clients_on: Callable[..., Clients], steady_tab: bool
+) -> None:
+    """Sockets come and go around the deadline: one chat_ended each, at most.
+
+    A socket whose session still showed the chat as queued must get exactly
+    one `chat_ended`, or the visitor would wait for an agent forever.
+    """
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", **TIMER)
+    first = await clients.visitor(transports=["websocket"])
+    token = first.auth["token"]
+    steady = await clients.visitor(token=token) if steady_tab else None
+    chat_id = (await first.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    start = time.monotonic()
+    await asyncio.sleep(0.6)
+
+    # Replace the visitor's socket every 0.1 s from 0.6 s to about 2 s.
+    sockets = [first]
+    current = first
+    for _ in range(15):
+        if time.monotonic() - start > 2.0:
+            break
+        await current.disconnect()
+        current = await clients.visitor(token=token, transports=["websocket"])
+        sockets.append(current)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
+
+    for socket in sockets:
+        assert len(ended_events(socket, chat_id)) <= 1, socket.received
+    still_connected = [current] + ([steady] if steady else [])
+    for socket in still_connected:
+        shown = session_of(socket)["chat"]
+        expected = 1 if shown is not None and shown["id"] == chat_id else 0
+        assert len(ended_events(socket, chat_id)) == expected, (shown, socket.received)
+    if steady is not None:
+        assert ended_events(steady, chat_id) == [
+            {"chat_id": chat_id, "ended_by": "system", "reason": "queue_timeout"}
+        ]
+
+    agent = await clients.agent()
+    assert (await listed_ids(clients, agent.auth["token"], "missed")).count(
+        chat_id
+    ) == 1
+    chat, messages = await fetch_chat(clients, agent.auth["token"], chat_id)
+    assert chat["status"] == "missed"
+    assert [m["text"] for m in messages] == ["hi"]
+    fresh = await clients.visitor(token=token)
+    assert session_of(fresh)["chat"] is None
+
+
+async def test_queue_timeout_zero_is_off(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="0", **TIMER)
+    visitor = await clients.visitor()
+    joined = await visitor.call("join_queue", {})
+    await visitor.no_more("chat_ended", within=2.0)
+    agent = await ready_agent(clients, "alice@example.com")
+    assert (await agent.next("chat_started"))["chat"]["id"] == joined["chat"]["id"]
+
+
+# Agent reply timeout
+
+
+async def test_reply_timeout_off_by_default(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(**TIMER)
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    await alice.next("chat_started")
+    bob = await ready_agent(clients, "bob@example.com")
+
+    await alice.no_more("chat_removed", within=2.5)
+    assert visitor.drain("chat_requeued") == []
+    assert bob.drain("chat_started") == []
+    sent = await alice.call(
+        "message", {"chat_id": chat_id, "text": "sorry", "client_id": "a"}
+    )
+    assert sent["ok"], sent
+
+
+async def test_reply_timeout_moves_chat(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_AGENT_REPLY_TIMEOUT_S="1", **TIMER)
+    bob = await ready_agent(clients, "bob@example.com", max_chats=1)
+    kept = await clients.visitor()
+    kept_chat = (await kept.call("join_queue", {}))["chat"]["id"]
+    assert (await bob.next("chat_started"))["chat"]["id"] == kept_chat
+    answer = await bob.call(
+        "message", {"chat_id": kept_chat, "text": "Bob here", "client_id": "b-1"}
+    )
+    assert answer["ok"], answer
+
+    alice = await ready_agent(clients, "alice@example.com", max_chats=1)
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "help"}))["chat"]["id"]
+    assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+    assigned_at = time.monotonic()
+    newer = await clients.visitor()
+    newer_chat = (await newer.call("join_queue", {}))["chat"]["id"]
+
+    # Alice says nothing: the chat goes back to the front of the queue.
+    removed = await alice.next("chat_removed", timeout=FIRE_WITHIN_S)
+    assert removed["chat_id"] == chat_id
+    assert removed["reason"] == "no_reply"
+    assert time.monotonic() - assigned_at >= 0.9
+    assert await visitor.next("chat_requeued") == {
+        "chat_id": chat_id,
+        "reason": "no_reply",
+        "department": None,
+    }
+    refused = await alice.call(
+        "message", {"chat_id": chat_id, "text": "here now", "client_id": "a-1"}
+    )
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "forbidden"
+
+    # Alice's free slot goes to the newer chat; the requeued one waits in
+    # front for another agent.
+    started = await alice.next("chat_started")
+    assert started["chat"]["id"] == newer_chat
+    reply = await alice.call(
+        "message", {"chat_id": newer_chat, "text": "Alice here", "client_id": "a-2"}
+    )
+    assert reply["ok"], reply
+    update = await visitor.next("queue_update")
+    assert update["position"] == 1
+
+    # Bob answered in time, so he still has his chat.
+    assert bob.drain("chat_removed") == []
+    assert kept.drain("chat_requeued") == []
+    still = await bob.call(
+        "message", {"chat_id": kept_chat, "text": "still here", "client_id": "b-2"}
+    )
+    assert still["ok"], still
+    assert (await kept.next("message"))["text"] == "Bob here"
+    assert (await kept.next("message"))["text"] == "still here"
+
+    assert (await bob.call("end_chat", {"chat_id": kept_chat}))["ok"]
+    taken = await bob.next("chat_started")
+    assert taken["chat"]["id"] == chat_id
+    assert [m["text"] for m in taken["messages"]] == ["help"]
+    assert (await visitor.next("chat_started"))["chat"]["agent"]["name"] == "Bob"
+    answer = await bob.call(
+        "message", {"chat_id": chat_id, "text": "Bob here", "client_id": "b-3"}
+    )
+    assert answer["ok"], answer
+    await asyncio.sleep(1.5)
+    assert bob.drain("chat_removed") == []
+    assert alice.drain("chat_removed") == []
+
+
+# Visitor idle timeout
+
+
+async def test_idle_visitor_chat_ends(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com")
+    alice_tab = await clients.agent("alice@example.com")
+    visitor = await clients.visitor()
+    visitor_tab = await clients.visitor(token=visitor.auth["token"])
+    chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+    await alice.next("chat_started")
+    activated_at = time.monotonic()
+
+    # Agent messages do not keep the chat open.
+    for n in range(3):
+        sent = await alice.call(
+            "message", {"chat_id": chat_id, "text": f"hello? {n}", "client_id": f"{n}"}
+        )
+        assert sent["ok"], sent
+        await asyncio.sleep(0.2)
+
+    expected = {"chat_id": chat_id, "ended_by": "system", "reason": "inactive"}
+    assert await visitor.next("chat_ended", timeout=FIRE_WITHIN_S) == expected
+    assert time.monotonic() - activated_at >= 0.9
+    await asyncio.sleep(1.0)
+    for socket in (visitor, visitor_tab, alice, alice_tab):
+        assert ended_events(socket, chat_id) == [expected]
+
+    chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
+    assert chat["status"] == "ended"
+    assert chat["ended_by"] == "system"
+    assert chat["end_reason"] == "inactive"
+
+    # Alice's slot is free again.
+    other = await clients.visitor()
+    other_chat = (await other.call("join_queue", {}))["chat"]["id"]
+    assert (await alice.next("chat_started"))["chat"]["id"] == other_chat
+
+
+async def test_visitor_messages_keep_chat(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+    await alice.next("chat_started")
+
+    for n in range(8):
+        sent = await visitor.call(
+            "message",
+            {"chat_id": chat_id, "text": f"still here {n}", "client_id": f"{n}"},
+        )
+        assert sent["ok"], sent
+        await asyncio.sleep(0.3)
+    assert ended_events(visitor, chat_id) == []
+    assert ended_events(alice, chat_id) == []
+
+    stopped_at = time.monotonic()
+    ended = await alice.next("chat_ended", timeout=FIRE_WITHIN_S)
+    assert ended["reason"] == "inactive"
+    assert time.monotonic() - stopped_at >= 0.5
+
+
+async def test_idle_timeout_once_across_reconnect(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com")
+    first = await clients.visitor(transports=["websocket"])
+    token = first.auth["token"]
+    chat_id = (await first.call("join_queue", {}))["chat"]["id"]
+    await alice.next("chat_started")
+    start = time.monotonic()
+    await asyncio.sleep(0.6)
+
+    sockets = [first]
+    current = first
+    for _ in range(15):
+        if time.monotonic() - start > 2.0:
+            break
+        await current.disconnect()
+        current = await clients.visitor(token=token, transports=["websocket"])
+        sockets.append(current)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
+
+    assert ended_events(alice, chat_id) == [
+        {"chat_id": chat_id, "ended_by": "system", "reason": "inactive"}
+    ]
+    for socket in sockets:
+        assert len(ended_events(socket, chat_id)) <= 1, socket.received
+    shown = session_of(current)["chat"]
+    expected = 1 if shown is not None and shown["id"] == chat_id else 0
+    assert len(ended_events(current, chat_id)) == expected, (shown, current.received)
+    chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
+    assert chat["status"] == "ended"
+    assert chat["end_reason"] == "inactive"
