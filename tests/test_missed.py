@@ -87,11 +87,11 @@ async def test_leave_message_without_agents(clients: Clients) -> None:
 )
 async def test_leave_message_bad_email(clients: Clients, email: Any) -> None:
     visitor = await clients.visitor()
-    refused = await visitor.call(
+    rejected = await visitor.call(
         "leave_message", {"text": "Please call me back", "email": email}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "invalid_payload", refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "invalid_payload", rejected
 
 
 async def test_leave_message_missing_fields(clients: Clients) -> None:
@@ -102,18 +102,18 @@ async def test_leave_message_missing_fields(clients: Clients) -> None:
         {"text": "", "email": "vera@example.com"},
         {"text": 5, "email": "vera@example.com"},
     ):
-        refused = await visitor.call("leave_message", payload)
-        assert refused["ok"] is False, (payload, refused)
-        assert refused["error"]["code"] == "invalid_payload", (payload, refused)
+        rejected = await visitor.call("leave_message", payload)
+        assert rejected["ok"] is False, (payload, rejected)
+        assert rejected["error"]["code"] == "invalid_payload", (payload, rejected)
 
 
 async def test_leave_message_in_active_chat(clients: Clients) -> None:
     agent, visitor, chat_id = await matched_pair(clients)
-    refused = await visitor.call(
+    rejected = await visitor.call(
         "leave_message", {"text": "Please call me back", "email": "vera@example.com"}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "wrong_state", refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "wrong_state", rejected
     sent = await agent.call(
         "message", {"chat_id": chat_id, "text": "still here", "client_id": "a"}
     )
@@ -182,7 +182,7 @@ async def test_agent_replies_to_missed_chat(clients: Clients) -> None:
     assert chat["agent"] == {"id": alice_id, "name": "Alice"}
     assert messages[-1] == message
 
-    # A second agent's answer is stored too; the chat keeps its first agent.
+    # A second agent's reply is stored too, and the chat keeps its first agent.
     bob = await clients.agent("bob@example.com")
     await visitor.disconnect()
     status, body = await post_reply(

@@ -31,7 +31,7 @@ async def connect_visitors(clients: Clients, count: int) -> list[ChatClient]:
 
 
 def assert_capacity_kept(agent: ChatClient, max_chats: int) -> int:
-    """Check the agent's open chats after every `chat_started`; return the count."""
+    """Check the open chats after every `chat_started` and return the final count."""
     open_chats: set[str] = set()
     for event, data in agent.received:
         if event == "chat_started":
@@ -97,7 +97,7 @@ async def test_burst_of_fifty_visitors(clients: Clients) -> None:
     for visitor in served:
         assert started_count(visitor) == 1
 
-    # Every waiting visitor holds a distinct place, and places follow the
+    # Every waiting visitor has a distinct place, and places follow the
     # order in which the server stored the joins.
     latest: dict[ChatClient, int] = {}
     for visitor in waiting:
@@ -112,7 +112,7 @@ async def test_burst_of_fifty_visitors(clients: Clients) -> None:
 
 
 async def test_burst_of_joins_and_readies(clients: Clients) -> None:
-    """Six agents and thirty visitors all at once; three waves of service."""
+    """Serve thirty visitors who join at once with six agents, in three waves."""
     agents = [await clients.agent(f"agent{n}@example.com") for n in range(6)]
     visitors = await connect_visitors(clients, 30)
 

@@ -103,15 +103,15 @@ async def test_visitor_cannot_use_notes(clients: Clients) -> None:
         "note", {"chat_id": chat_id, "text": NOTE_TEXTS[0], "client_id": "n-1"}
     )
     assert added["ok"], added
-    refused = await visitor.call(
+    rejected = await visitor.call(
         "note", {"chat_id": chat_id, "text": "sneaky", "client_id": "v-1"}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "forbidden", refused
-    refused = await visitor_tab.call("list_notes", {"chat_id": chat_id})
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "forbidden", refused
-    assert NOTE_TEXTS[0] not in json.dumps(refused)
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "forbidden", rejected
+    rejected = await visitor_tab.call("list_notes", {"chat_id": chat_id})
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "forbidden", rejected
+    assert NOTE_TEXTS[0] not in json.dumps(rejected)
     listed = await agent.call("list_notes", {"chat_id": chat_id})
     assert [note["text"] for note in listed["notes"]] == [NOTE_TEXTS[0]]
     assert_no_note_reached(visitor)
@@ -121,14 +121,14 @@ async def test_visitor_cannot_use_notes(clients: Clients) -> None:
 async def test_other_agent_cannot_use_notes(clients: Clients) -> None:
     _agent, _agent_tab, _visitor, _visitor_tab, chat_id = await chat_with_tabs(clients)
     bob = await clients.agent("bob@example.com")
-    refused = await bob.call(
+    rejected = await bob.call(
         "note", {"chat_id": chat_id, "text": "not mine", "client_id": "b-1"}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "forbidden", refused
-    refused = await bob.call("list_notes", {"chat_id": chat_id})
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "forbidden", refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "forbidden", rejected
+    rejected = await bob.call("list_notes", {"chat_id": chat_id})
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "forbidden", rejected
 
 
 async def test_note_bad_payload(clients: Clients) -> None:
@@ -140,10 +140,10 @@ async def test_note_bad_payload(clients: Clients) -> None:
         {"text": "fine", "client_id": "n"},
     ]
     for payload in bad:
-        refused = await agent.call("note", payload)
-        assert refused["ok"] is False, (payload, refused)
-        assert refused["error"]["code"] == "invalid_payload", (payload, refused)
-    refused = await agent.call(
+        rejected = await agent.call("note", payload)
+        assert rejected["ok"] is False, (payload, rejected)
+        assert rejected["error"]["code"] == "invalid_payload", (payload, rejected)
+    rejected = await agent.call(
         "note",
         {
             "chat_id": "00000000-0000-4000-8000-000000000000",
@@ -151,7 +151,7 @@ async def test_note_bad_payload(clients: Clients) -> None:
             "client_id": "n",
         },
     )
-    assert refused["error"]["code"] == "not_found", refused
+    assert rejected["error"]["code"] == "not_found", rejected
 
 
 async def test_note_on_ended_chat(clients: Clients) -> None:
@@ -193,8 +193,8 @@ async def test_notes_survive_transfer(clients: Clients) -> None:
 
     # The old agent lost access, and the new note reached none of her tabs.
     for tab in (alice, alice_tab):
-        refused = await tab.call("list_notes", {"chat_id": chat_id})
-        assert refused["error"]["code"] == "forbidden", refused
+        rejected = await tab.call("list_notes", {"chat_id": chat_id})
+        assert rejected["error"]["code"] == "forbidden", rejected
     await asyncio.sleep(0.3)
     assert all(
         data["id"] != second["note"]["id"]

@@ -60,7 +60,7 @@ async def test_rate_without_comment(clients: Clients) -> None:
     assert (await agent.next("chat_rated"))["rating"] == rated["rating"]
 
 
-async def test_rate_open_chats_refused(clients: Clients) -> None:
+async def test_rate_open_chats_rejected(clients: Clients) -> None:
     agent, visitor, active_chat = await matched_pair(clients)
     waiting = await clients.visitor()
     queued_chat = (await waiting.call("join_queue", {}))["chat"]["id"]
@@ -76,24 +76,26 @@ async def test_rate_open_chats_refused(clients: Clients) -> None:
         (leaver, left["chat"]["id"]),
     ]
     for caller, chat_id in cases:
-        refused = await caller.call("rate_chat", {"chat_id": chat_id, "score": 4})
-        assert refused["ok"] is False, refused
-        assert refused["error"]["code"] == "wrong_state", refused
+        rejected = await caller.call("rate_chat", {"chat_id": chat_id, "score": 4})
+        assert rejected["ok"] is False, rejected
+        assert rejected["error"]["code"] == "wrong_state", rejected
     await agent.no_more("chat_rated", within=0.3)
 
 
-async def test_rate_by_others_refused(clients: Clients) -> None:
+async def test_rate_by_others_rejected(clients: Clients) -> None:
     agent, _visitor, chat_id = await ended_pair(clients)
     stranger = await clients.visitor()
     await stranger.call("join_queue", {})
     for caller in (stranger, agent):
-        refused = await caller.call("rate_chat", {"chat_id": chat_id, "score": 4})
-        assert refused["ok"] is False, refused
-        assert refused["error"]["code"] == "forbidden", refused
+        rejected = await caller.call("rate_chat", {"chat_id": chat_id, "score": 4})
+        assert rejected["ok"] is False, rejected
+        assert rejected["error"]["code"] == "forbidden", rejected
 
-    refused = await stranger.call("rate_chat", {"chat_id": UNKNOWN_CHAT_ID, "score": 4})
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "not_found", refused
+    rejected = await stranger.call(
+        "rate_chat", {"chat_id": UNKNOWN_CHAT_ID, "score": 4}
+    )
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "not_found", rejected
     assert (await listed_chat(clients, agent.auth["token"], chat_id))["rating"] is None
 
 
@@ -114,13 +116,13 @@ BAD_RATINGS: list[dict[str, Any]] = [
 async def test_rate_bad_payload(clients: Clients) -> None:
     agent, visitor, chat_id = await ended_pair(clients)
     for fields in BAD_RATINGS:
-        refused = await visitor.call("rate_chat", {"chat_id": chat_id, **fields})
-        assert refused["ok"] is False, (fields, refused)
-        assert refused["error"]["code"] == "invalid_payload", (fields, refused)
+        rejected = await visitor.call("rate_chat", {"chat_id": chat_id, **fields})
+        assert rejected["ok"] is False, (fields, rejected)
+        assert rejected["error"]["code"] == "invalid_payload", (fields, rejected)
     too_long = {"chat_id": chat_id, "score": 3, "comment": "x" * 1001}
-    refused = await visitor.call("rate_chat", too_long)
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] in ("invalid_payload", "payload_too_large")
+    rejected = await visitor.call("rate_chat", too_long)
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] in ("invalid_payload", "payload_too_large")
     await agent.no_more("chat_rated", within=0.3)
 
     # The rejected calls did not use up the visitor's one rating.

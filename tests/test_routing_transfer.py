@@ -126,9 +126,9 @@ async def test_transfer_to_ready_agent(clients: Clients) -> None:
         ("end_chat", {"chat_id": chat_id}),
     ]
     for event, payload in attempts:
-        refused = await alice.call(event, payload)
-        assert refused["ok"] is False, (event, refused)
-        assert refused["error"]["code"] == "forbidden", (event, refused)
+        rejected = await alice.call(event, payload)
+        assert rejected["ok"] is False, (event, rejected)
+        assert rejected["error"]["code"] == "forbidden", (event, rejected)
 
     sent = await visitor.call(
         "message", {"chat_id": chat_id, "text": "hi Bob", "client_id": "v-2"}
@@ -199,7 +199,7 @@ async def make_target_billing_only(clients: Clients) -> str:
         (None, "same_agent"),
     ],
 )
-async def test_transfer_to_agent_refused(
+async def test_transfer_to_agent_rejected(
     clients_on: Callable[..., Clients],
     make_target: Callable[[Clients], Awaitable[str]] | None,
     reason: str,
@@ -209,12 +209,12 @@ async def test_transfer_to_agent_refused(
     visitor, chat_id = await start_chat(clients, alice, department="sales")
     target = agent_id(alice) if make_target is None else await make_target(clients)
 
-    refused = await alice.call(
+    rejected = await alice.call(
         "transfer_chat", {"chat_id": chat_id, "agent_id": target}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "wrong_state", refused
-    assert refused["error"]["reason"] == reason, refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "wrong_state", rejected
+    assert rejected["error"]["reason"] == reason, rejected
 
     # Nothing moved: the chat stays with Alice.
     await assert_chat_with(alice, visitor, chat_id, "still here")
@@ -227,11 +227,11 @@ async def test_transfer_to_unknown_agent(clients: Clients) -> None:
     alice = await ready_agent(clients, "alice@example.com")
     visitor, chat_id = await start_chat(clients, alice)
     for unknown in (UNKNOWN_AGENT_ID, "nobody"):
-        refused = await alice.call(
+        rejected = await alice.call(
             "transfer_chat", {"chat_id": chat_id, "agent_id": unknown}
         )
-        assert refused["ok"] is False, refused
-        assert refused["error"]["code"] == "not_found", refused
+        assert rejected["ok"] is False, rejected
+        assert rejected["error"]["code"] == "not_found", rejected
     await assert_chat_with(alice, visitor, chat_id, "still here")
 
 
@@ -251,9 +251,9 @@ async def test_transfer_target_invalid(
     clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
     alice = await ready_agent(clients, "alice@example.com")
     visitor, chat_id = await start_chat(clients, alice, department="sales")
-    refused = await alice.call("transfer_chat", {"chat_id": chat_id, **extra})
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "invalid_payload", refused
+    rejected = await alice.call("transfer_chat", {"chat_id": chat_id, **extra})
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "invalid_payload", rejected
     await assert_chat_with(alice, visitor, chat_id, "still here")
 
 
@@ -262,11 +262,11 @@ async def test_transfer_by_others_forbidden(clients: Clients) -> None:
     visitor, chat_id = await start_chat(clients, alice)
     bob = await ready_agent(clients, "bob@example.com")
     for caller in (bob, visitor):
-        refused = await caller.call(
+        rejected = await caller.call(
             "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}
         )
-        assert refused["ok"] is False, refused
-        assert refused["error"]["code"] == "forbidden", refused
+        assert rejected["ok"] is False, rejected
+        assert rejected["error"]["code"] == "forbidden", rejected
     await assert_chat_with(alice, visitor, chat_id, "still here")
 
 
@@ -275,21 +275,21 @@ async def test_transfer_ended_chat(clients: Clients) -> None:
     _visitor, chat_id = await start_chat(clients, alice)
     bob = await ready_agent(clients, "bob@example.com")
     assert (await alice.call("end_chat", {"chat_id": chat_id}))["ok"]
-    refused = await alice.call(
+    rejected = await alice.call(
         "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "wrong_state", refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "wrong_state", rejected
 
 
 async def test_transfer_unknown_chat(clients: Clients) -> None:
     alice = await ready_agent(clients, "alice@example.com")
     bob = await ready_agent(clients, "bob@example.com")
-    refused = await alice.call(
+    rejected = await alice.call(
         "transfer_chat", {"chat_id": UNKNOWN_AGENT_ID, "agent_id": agent_id(bob)}
     )
-    assert refused["ok"] is False, refused
-    assert refused["error"]["code"] == "not_found", refused
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "not_found", rejected
 
 
 # Transfer to a department queue
@@ -343,10 +343,10 @@ async def test_transfer_to_department_queue(
     assert (await visitor.next("chat_started"))["chat"]["agent"]["name"] == "Bob"
     assert newer_chat != chat_id
     assert newer.drain("chat_started") == []
-    refused = await alice.call(
+    rejected = await alice.call(
         "message", {"chat_id": chat_id, "text": "hello?", "client_id": "late"}
     )
-    assert refused["error"]["code"] == "forbidden", refused
+    assert rejected["error"]["code"] == "forbidden", rejected
 
 
 async def test_transfer_to_own_queue_not_back(
@@ -475,7 +475,7 @@ async def test_transfer_target_drops(
 ) -> None:
     """The target disconnects before or at the transfer: no chat is stranded.
 
-    With `delay=None` the target is gone before the transfer is sent; otherwise
+    With `delay=None` the target is gone before the transfer is sent. Otherwise
     the transfer is sent `delay` seconds after the disconnect starts.
     """
     clients = clients_on(CHAT_AGENT_GRACE_S="1")

@@ -24,7 +24,7 @@ TOLERANCE_S = 1.0
 async def run_timed_chats(
     clients: Clients, agent: ChatClient, count: int
 ) -> list[float]:
-    """Run `count` chats side by side for about TIMED_S; return their durations."""
+    """Run `count` chats side by side for about TIMED_S and return their durations."""
     visitors = [await clients.visitor() for _ in range(count)]
     await asyncio.gather(*(visitor.call("join_queue", {}) for visitor in visitors))
     started_at: dict[str, float] = {}

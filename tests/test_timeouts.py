@@ -207,13 +207,13 @@ async def test_reply_timeout_moves_chat(clients_on: Callable[..., Clients]) -> N
         "reason": "no_reply",
         "department": None,
     }
-    refused = await alice.call(
+    rejected = await alice.call(
         "message", {"chat_id": chat_id, "text": "here now", "client_id": "a-1"}
     )
-    assert refused["ok"] is False
-    assert refused["error"]["code"] == "forbidden"
+    assert rejected["ok"] is False
+    assert rejected["error"]["code"] == "forbidden"
 
-    # Alice's free slot goes to the newer chat; the requeued one waits in
+    # Alice's free slot goes to the newer chat, and the requeued one waits in
     # front for another agent.
     started = await alice.next("chat_started")
     assert started["chat"]["id"] == newer_chat
