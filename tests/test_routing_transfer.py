@@ -81,6 +81,7 @@ async def test_transfer_to_ready_agent(clients: Clients) -> None:
         "message", {"chat_id": chat_id, "text": "Alice here", "client_id": "a-1"}
     )
     assert answer["ok"], answer
+    assert (await visitor.next("message"))["text"] == "Alice here"
     note = await alice.call(
         "note", {"chat_id": chat_id, "text": "wants a refund", "client_id": "n-1"}
     )
@@ -136,30 +137,37 @@ async def test_transfer_to_ready_agent(clients: Clients) -> None:
     assert sent["ok"], sent
     assert (await bob.next("message"))["text"] == "hi Bob"
     await assert_chat_with(bob, visitor, chat_id, "Bob here")
-    await alice.no_more("message", within=0.3)
-    assert alice_tab.drain("message") == []
+    await asyncio.sleep(0.3)
+    # Alice's second tab saw only her own reply, from before the transfer.
+    assert message_seqs(alice, chat_id) == []
+    assert message_seqs(alice_tab, chat_id) == [2]
     assert [e for e, _ in visitor.received if e == "chat_ended"] == []
 
 
-async def test_transfer_frees_old_agent_slot(clients: Clients) -> None:
+async def test_transfer_frees_old_agent_slot(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
     alice = await ready_agent(clients, "alice@example.com")
-    _visitor, chat_id = await start_chat(clients, alice)
-    waiting = await clients.visitor()
-    waiting_chat = (await waiting.call("join_queue", {}))["chat"]["id"]
-    bob = await clients.agent("bob@example.com")
-    assert (await bob.call("agent_ready", {"max_chats": 2}))["ok"]
-    # Bob takes the waiting chat first, then gets the transferred one.
-    assert (await bob.next("chat_started"))["chat"]["id"] == waiting_chat
-
+    _visitor, chat_id = await start_chat(clients, alice, department="sales")
+    bob = await ready_agent(
+        clients, "bob@example.com", max_chats=2, departments=["sales"]
+    )
+    await start_chat(clients, bob, department="sales")
+    # Only Alice serves billing, and she is full.
     newcomer = await clients.visitor()
-    newcomer_chat = (await newcomer.call("join_queue", {}))["chat"]["id"]
+    joined = await newcomer.call("join_queue", {"department": "billing"})
+    assert joined["ok"], joined
+    await newcomer.no_more("chat_started", within=0.3)
+
     moved = await alice.call(
         "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}
     )
     assert moved["ok"], moved
     assert (await bob.next("chat_started"))["chat"]["id"] == chat_id
-    # Alice's slot is free again, so the newcomer goes to her.
-    assert (await alice.next("chat_started"))["chat"]["id"] == newcomer_chat
+    # Alice's slot is free again, so the billing visitor goes to her.
+    started = await alice.next("chat_started")
+    assert started["chat"]["id"] == joined["chat"]["id"]
 
 
 async def make_target_away(clients: Clients) -> str:
