@@ -213,6 +213,7 @@ async def test_drain_when_transferred_to_department(
     visitor = await clients.visitor()
     chat_id = (await visitor.call("join_queue", {"department": "sales"}))["chat"]["id"]
     assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+    assert (await visitor.next("chat_started"))["chat"]["agent"]["name"] == "Alice"
     waiting = await clients.visitor()
     waiting_chat = (await waiting.call("join_queue", {"department": "sales"}))["chat"][
         "id"
