@@ -140,7 +140,6 @@ BAD_BODIES: list[Any] = [
     {"shortcut": "héllo", "text": "x"},
     {"shortcut": 5, "text": "x"},
     {"shortcut": "hello", "text": ""},
-    {"shortcut": "hello", "text": "x" * 4001},
     {"shortcut": "hello", "text": 5},
     {"shortcut": "hello"},
     {"text": "x"},
@@ -188,3 +187,16 @@ async def test_canned_needs_agent_token(clients: Clients) -> None:
             assert status == 401, (method, path, bad_token, reply)
             assert reply["error"]["code"] == "unauthorized", (method, path, reply)
     assert await listed(clients, token) == [item]
+
+
+async def test_canned_text_over_limit(clients: Clients) -> None:
+    token = await agent_token(clients)
+    existing = await create(clients, token, "hello", "Hello!")
+    body = {"shortcut": "long", "text": "x" * 4001}
+    for method, path in (("POST", ROUTE), ("PUT", f"{ROUTE}/{existing['id']}")):
+        status, reply = await http_json(
+            clients.server, method, path, token=token, json=body
+        )
+        assert status == 400, (method, reply)
+        assert reply["error"]["code"] == "invalid_payload", (method, reply)
+    assert await listed(clients, token) == [existing]
