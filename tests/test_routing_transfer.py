@@ -249,6 +249,7 @@ async def test_transfer_to_unknown_agent(clients: Clients) -> None:
     [
         {},
         {"agent_id": UNKNOWN_AGENT_ID, "department": "sales"},
+        {"agent_id": UNKNOWN_AGENT_ID, "department": None},
         {"department": "support"},
         {"department": 5},
         {"agent_id": 5},
@@ -374,6 +375,35 @@ async def test_transfer_to_own_queue_not_back(
     assert (await visitor.next("chat_requeued"))["reason"] == "transferred"
     await alice.no_more("chat_started", within=1.5)
     await visitor.no_more("chat_started", within=0.1)
+
+    bob = await ready_agent(clients, "bob@example.com")
+    assert (await bob.next("chat_started"))["chat"]["id"] == chat_id
+
+
+async def test_transfer_to_general_queue(clients: Clients) -> None:
+    """An explicit `"department": null` sends the chat to the general queue."""
+    alice = await ready_agent(clients, "alice@example.com", max_chats=2)
+    visitor, chat_id = await start_chat(clients, alice)
+    waiting = await clients.visitor()
+    waiting_chat = (await waiting.call("join_queue", {}))["chat"]["id"]
+    assert (await alice.next("chat_started"))["chat"]["id"] == waiting_chat
+
+    moved = await alice.call("transfer_chat", {"chat_id": chat_id, "department": None})
+    assert moved["ok"], moved
+    assert moved["chat"]["status"] == "queued"
+    assert moved["chat"]["agent"] is None
+    assert moved["chat"]["department"] is None
+    assert await visitor.next("chat_requeued") == {
+        "chat_id": chat_id,
+        "reason": "transferred",
+        "department": None,
+    }
+    assert await alice.next("chat_removed") == {
+        "chat_id": chat_id,
+        "reason": "transferred",
+        "to": None,
+    }
+    await alice.no_more("chat_started", within=1.0)
 
     bob = await ready_agent(clients, "bob@example.com")
     assert (await bob.next("chat_started"))["chat"]["id"] == chat_id
