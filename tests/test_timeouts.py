@@ -47,6 +47,49 @@ async def listed_ids(clients: Clients, token: str, status: str) -> list[str]:
     return [chat["id"] for chat in body["chats"]]
 
 
+async def replace_sockets(
+    clients: Clients, first: ChatClient, start: float, until_s: float
+) -> list[ChatClient]:
+    """Swap the visitor's socket for a new one every 0.1 s until `until_s`.
+
+    `start` is the `time.monotonic()` the period counts from. Returns every
+    socket used, oldest first; only the last one is still connected.
+    """
+    token = first.auth["token"]
+    sockets = [first]
+    for _ in range(20):
+        if time.monotonic() - start > until_s:
+            break
+        await sockets[-1].disconnect()
+        sockets.append(await clients.visitor(token=token, transports=["websocket"]))
+        await asyncio.sleep(0.1)
+    return sockets
+
+
+def assert_told_once(sockets: list[ChatClient], chat_id: str) -> None:
+    """Check chat_ended counts: at most one per socket, and none missing.
+
+    The last socket is still connected. If its `session` showed the chat as
+    open, a `chat_ended` must arrive after that session, or the client would
+    show an open chat forever.
+    """
+    for socket in sockets:
+        assert len(ended_events(socket, chat_id)) <= 1, socket.received
+    last = sockets[-1]
+    events = [event for event, _ in last.received]
+    session_index = events.index("session")
+    shown = last.received[session_index][1]["chat"]
+    ended_after = [
+        data
+        for event, data in last.received[session_index + 1 :]
+        if event == "chat_ended" and data["chat_id"] == chat_id
+    ]
+    if shown is not None and shown["id"] == chat_id:
+        assert len(ended_after) == 1, (shown, last.received)
+    else:
+        assert ended_events(last, chat_id) == [], (shown, last.received)
+
+
 # Queue timeout
 
 
@@ -111,24 +154,10 @@ async def test_queue_timeout_once_across_reconnects(
     chat_id = (await first.call("join_queue", {"message": "hi"}))["chat"]["id"]
     start = time.monotonic()
     await asyncio.sleep(0.6)
-
-    # Replace the visitor's socket every 0.1 s from 0.6 s to about 2 s.
-    sockets = [first]
-    current = first
-    for _ in range(15):
-        if time.monotonic() - start > 2.0:
-            break
-        await current.disconnect()
-        current = await clients.visitor(token=token, transports=["websocket"])
-        sockets.append(current)
-        await asyncio.sleep(0.1)
+    sockets = await replace_sockets(clients, first, start, until_s=2.0)
     await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
 
-    for socket in sockets:
-        assert len(ended_events(socket, chat_id)) <= 1, socket.received
-    shown = session_of(current)["chat"]
-    expected = 1 if shown is not None and shown["id"] == chat_id else 0
-    assert len(ended_events(current, chat_id)) == expected, (shown, current.received)
+    assert_told_once(sockets, chat_id)
     # The steady tab was connected before the join, so it is in the chat's room.
     if steady is not None:
         assert ended_events(steady, chat_id) == [
@@ -144,6 +173,30 @@ async def test_queue_timeout_once_across_reconnects(
     assert [m["text"] for m in messages] == ["hi"]
     fresh = await clients.visitor(token=token)
     assert session_of(fresh)["chat"] is None
+
+
+async def test_queue_timeout_many_reconnecting(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """Eight visitors time out in the same check while each swaps sockets."""
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", **TIMER)
+    firsts = [await clients.visitor(transports=["websocket"]) for _ in range(8)]
+    joins = await asyncio.gather(
+        *(visitor.call("join_queue", {"message": "hi"}) for visitor in firsts)
+    )
+    chat_ids = [joined["chat"]["id"] for joined in joins]
+    start = time.monotonic()
+    await asyncio.sleep(0.7)
+    socket_lists = await asyncio.gather(
+        *(replace_sockets(clients, first, start, until_s=1.9) for first in firsts)
+    )
+    await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
+
+    agent = await clients.agent()
+    missed = await listed_ids(clients, agent.auth["token"], "missed")
+    for sockets, chat_id in zip(socket_lists, chat_ids, strict=True):
+        assert_told_once(sockets, chat_id)
+        assert missed.count(chat_id) == 1
 
 
 async def test_queue_timeout_zero_is_off(clients_on: Callable[..., Clients]) -> None:
@@ -316,31 +369,44 @@ async def test_idle_timeout_once_across_reconnect(
     clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
     alice = await ready_agent(clients, "alice@example.com")
     first = await clients.visitor(transports=["websocket"])
-    token = first.auth["token"]
     chat_id = (await first.call("join_queue", {}))["chat"]["id"]
     await alice.next("chat_started")
     start = time.monotonic()
     await asyncio.sleep(0.6)
-
-    sockets = [first]
-    current = first
-    for _ in range(15):
-        if time.monotonic() - start > 2.0:
-            break
-        await current.disconnect()
-        current = await clients.visitor(token=token, transports=["websocket"])
-        sockets.append(current)
-        await asyncio.sleep(0.1)
+    sockets = await replace_sockets(clients, first, start, until_s=2.0)
     await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
 
     assert ended_events(alice, chat_id) == [
         {"chat_id": chat_id, "ended_by": "system", "reason": "inactive"}
     ]
-    for socket in sockets:
-        assert len(ended_events(socket, chat_id)) <= 1, socket.received
-    shown = session_of(current)["chat"]
-    expected = 1 if shown is not None and shown["id"] == chat_id else 0
-    assert len(ended_events(current, chat_id)) == expected, (shown, current.received)
+    assert_told_once(sockets, chat_id)
     chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
     assert chat["status"] == "ended"
     assert chat["end_reason"] == "inactive"
+
+
+async def test_idle_timeout_many_reconnecting(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """Six idle chats end in the same check while each visitor swaps sockets."""
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com", max_chats=6)
+    firsts = [await clients.visitor(transports=["websocket"]) for _ in range(6)]
+    joins = await asyncio.gather(
+        *(visitor.call("join_queue", {}) for visitor in firsts)
+    )
+    chat_ids = [joined["chat"]["id"] for joined in joins]
+    for _ in chat_ids:
+        await alice.next("chat_started")
+    start = time.monotonic()
+    await asyncio.sleep(0.7)
+    socket_lists = await asyncio.gather(
+        *(replace_sockets(clients, first, start, until_s=1.9) for first in firsts)
+    )
+    await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
+
+    for sockets, chat_id in zip(socket_lists, chat_ids, strict=True):
+        assert_told_once(sockets, chat_id)
+        assert len(ended_events(alice, chat_id)) == 1
+        chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
+        assert chat["end_reason"] == "inactive"
