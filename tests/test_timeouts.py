@@ -410,3 +410,117 @@ async def test_idle_timeout_many_reconnecting(
         assert len(ended_events(alice, chat_id)) == 1
         chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
         assert chat["end_reason"] == "inactive"
+
+
+async def test_reply_timeout_after_transfer(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """A transfer restarts the reply clock: the new agent must reply too."""
+    clients = clients_on(CHAT_AGENT_REPLY_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "help"}))["chat"]["id"]
+    await alice.next("chat_started")
+    await visitor.next("chat_started")
+    answer = await alice.call(
+        "message", {"chat_id": chat_id, "text": "Alice here", "client_id": "a-1"}
+    )
+    assert answer["ok"], answer
+    # Alice replied in time, so she keeps the chat past the timeout.
+    await alice.no_more("chat_removed", within=1.6)
+
+    bob = await ready_agent(clients, "bob@example.com")
+    moved = await alice.call(
+        "transfer_chat", {"chat_id": chat_id, "agent_id": session_of(bob)["agent_id"]}
+    )
+    assert moved["ok"], moved
+    transferred_at = time.monotonic()
+    await bob.next("chat_started")
+
+    removed = await bob.next("chat_removed", timeout=FIRE_WITHIN_S)
+    assert removed["chat_id"] == chat_id
+    assert removed["reason"] == "no_reply"
+    assert time.monotonic() - transferred_at >= 0.9
+    requeued = await visitor.next("chat_requeued")
+    assert requeued["reason"] == "no_reply"
+    # Alice is the other free agent, so the chat comes back to her.
+    started = await alice.next("chat_started")
+    assert started["chat"]["id"] == chat_id
+    assert [m["text"] for m in started["messages"]] == ["help", "Alice here"]
+    await bob.no_more("chat_started", within=0.3)
+
+
+async def test_reply_timeout_many_chats(clients_on: Callable[..., Clients]) -> None:
+    """Four unanswered chats move at once; each visitor ends up with Bob."""
+    clients = clients_on(CHAT_AGENT_REPLY_TIMEOUT_S="1", **TIMER)
+    alice = await ready_agent(clients, "alice@example.com", max_chats=4)
+    visitors = [await clients.visitor() for _ in range(4)]
+    joins = await asyncio.gather(*(v.call("join_queue", {}) for v in visitors))
+    chat_ids = [joined["chat"]["id"] for joined in joins]
+    for _ in chat_ids:
+        await alice.next("chat_started")
+    bob = await ready_agent(clients, "bob@example.com", max_chats=4)
+
+    taken = []
+    for _ in chat_ids:
+        started = await bob.next("chat_started", timeout=FIRE_WITHIN_S)
+        chat_id = started["chat"]["id"]
+        answer = await bob.call(
+            "message", {"chat_id": chat_id, "text": "Bob here", "client_id": "b"}
+        )
+        assert answer["ok"], answer
+        taken.append(chat_id)
+    assert sorted(taken) == sorted(chat_ids)
+    await asyncio.sleep(0.5)
+
+    removed = [
+        data["chat_id"] for event, data in alice.received if event == "chat_removed"
+    ]
+    assert sorted(removed) == sorted(chat_ids)
+    for visitor, chat_id in zip(visitors, chat_ids, strict=True):
+        moves = [
+            (event, data)
+            for event, data in visitor.received
+            if event in ("chat_started", "chat_requeued")
+        ]
+        # Alice's start, the requeue, then Bob's start, in that order.
+        assert [event for event, _ in moves] == [
+            "chat_started",
+            "chat_requeued",
+            "chat_started",
+        ], moves
+        assert moves[1][1]["reason"] == "no_reply"
+        assert moves[2][1]["chat"]["agent"]["name"] == "Bob"
+        assert moves[2][1]["chat"]["id"] == chat_id
+
+
+@pytest.mark.parametrize("offset_s", [-0.1, 0.0, 0.1, 0.2])
+async def test_queue_timeout_vs_assignment(
+    clients_on: Callable[..., Clients], offset_s: float
+) -> None:
+    """An agent becomes ready right at the queue deadline: one outcome only."""
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", **TIMER)
+    agent = await clients.agent("alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    await asyncio.sleep(1.0 + offset_s)
+    assert (await agent.call("agent_ready", {}))["ok"]
+    await asyncio.sleep(1.5)
+
+    chat, _ = await fetch_chat(clients, agent.auth["token"], chat_id)
+    visitor_started = [
+        data for event, data in visitor.received if event == "chat_started"
+    ]
+    agent_started = [data for event, data in agent.received if event == "chat_started"]
+    if chat["status"] == "missed":
+        assert ended_events(visitor, chat_id) == [
+            {"chat_id": chat_id, "ended_by": "system", "reason": "queue_timeout"}
+        ]
+        assert visitor_started == []
+        assert agent_started == []
+    else:
+        assert chat["status"] == "active", chat
+        assert chat["agent"]["name"] == "Alice"
+        assert ended_events(visitor, chat_id) == []
+        assert [data["chat"]["id"] for data in visitor_started] == [chat_id]
+        assert [data["chat"]["id"] for data in agent_started] == [chat_id]
