@@ -203,3 +203,47 @@ async def test_notes_survive_transfer(clients: Clients) -> None:
     )
     assert_no_note_reached(visitor)
     assert_no_note_reached(visitor_tab)
+
+
+async def test_notes_during_transfer(clients: Clients) -> None:
+    """Every note stored around a transfer shows up in the new agent's view."""
+    alice, _alice_tab, visitor, visitor_tab, chat_id = await chat_with_tabs(clients)
+    bob = await ready_agent(clients, "bob@example.com")
+    acked: list[dict[str, Any]] = []
+    transfer_sent = asyncio.Event()
+
+    async def add_notes() -> None:
+        for n in range(40):
+            if n == 10:
+                transfer_sent.set()
+            added = await alice.call(
+                "note", {"chat_id": chat_id, "text": f"note {n}", "client_id": f"{n}"}
+            )
+            if not added["ok"]:
+                assert added["error"]["code"] == "forbidden", added
+                return
+            acked.append(added["note"])
+
+    async def transfer() -> dict[str, Any]:
+        await transfer_sent.wait()
+        moved: dict[str, Any] = await alice.call(
+            "transfer_chat",
+            {"chat_id": chat_id, "agent_id": session_of(bob)["agent_id"]},
+        )
+        return moved
+
+    _, moved = await asyncio.gather(add_notes(), transfer())
+    assert moved["ok"], moved
+    await asyncio.sleep(0.3)
+
+    started = await bob.next("chat_started")
+    live = [data for event, data in bob.received if event == "note"]
+    seen_by_bob = started["notes"] + live
+    listed = await bob.call("list_notes", {"chat_id": chat_id})
+    assert listed["notes"] == acked
+    seen_ids = {note["id"] for note in seen_by_bob}
+    unseen = [note["text"] for note in acked if note["id"] not in seen_ids]
+    assert unseen == [], (len(started["notes"]), len(live), len(acked))
+    assert [note["id"] for note in seen_by_bob] == [note["id"] for note in acked]
+    assert_no_note_reached(visitor)
+    assert_no_note_reached(visitor_tab)
