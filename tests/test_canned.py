@@ -200,3 +200,24 @@ async def test_canned_text_over_limit(clients: Clients) -> None:
         assert status == 400, (method, reply)
         assert reply["error"]["code"] == "invalid_payload", (method, reply)
     assert await listed(clients, token) == [existing]
+
+
+async def test_canned_same_shortcut_at_once(clients: Clients) -> None:
+    token = await agent_token(clients)
+    replies = await asyncio.gather(
+        *(
+            http_json(
+                clients.server,
+                "POST",
+                ROUTE,
+                token=token,
+                json={"shortcut": "hello", "text": f"Hello {n}"},
+            )
+            for n in range(5)
+        )
+    )
+    statuses = sorted(status for status, _ in replies)
+    assert statuses == [201, 409, 409, 409, 409], replies
+    items = await listed(clients, token)
+    assert len(items) == 1
+    assert items[0]["shortcut"] == "hello"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.support import ChatClient, Clients, http_json, matched_pair
@@ -131,3 +132,27 @@ async def test_rate_bad_payload(clients: Clients) -> None:
     )
     assert rated["ok"], rated
     assert (await agent.next("chat_rated"))["rating"]["score"] == 3
+
+
+async def test_rate_from_two_tabs_at_once(clients: Clients) -> None:
+    agent, visitor, chat_id = await ended_pair(clients)
+    tabs = [visitor] + [
+        await clients.visitor(token=visitor.auth["token"]) for _ in range(3)
+    ]
+    replies = await asyncio.gather(
+        *(
+            tab.call("rate_chat", {"chat_id": chat_id, "score": n + 1})
+            for n, tab in enumerate(tabs)
+        )
+    )
+    accepted = [reply for reply in replies if reply["ok"]]
+    assert len(accepted) == 1, replies
+    for reply in replies:
+        if not reply["ok"]:
+            assert reply["error"]["code"] == "wrong_state", reply
+    rating = accepted[0]["rating"]
+    assert await agent.next("chat_rated") == {"chat_id": chat_id, "rating": rating}
+    await agent.no_more("chat_rated", within=0.3)
+    assert (await listed_chat(clients, agent.auth["token"], chat_id))[
+        "rating"
+    ] == rating
