@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -229,3 +230,43 @@ async def test_reply_rejected(clients: Clients) -> None:
         status, body = await post_reply(clients, token, missed_chat, bad)
         assert status == 400, (bad, body)
         assert body["error"]["code"] == "invalid_payload", (bad, body)
+
+
+async def test_leave_message_during_assignment(clients: Clients) -> None:
+    """An agent becomes ready as the queued visitor leaves a message.
+
+    Each round ends one way only: the chat is missed and no agent got it, or
+    the chat is active and `leave_message` got `wrong_state`.
+    """
+    agent = await clients.agent("alice@example.com")
+    token = agent.auth["token"]
+    for round_number in range(6):
+        visitor = await clients.visitor()
+        chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+        left, ready = await asyncio.gather(
+            visitor.call(
+                "leave_message", {"text": "call me", "email": "v@example.com"}
+            ),
+            agent.call("agent_ready", {"max_chats": 1}),
+        )
+        assert ready["ok"], ready
+        await asyncio.sleep(0.3)
+        chat, _ = await transcript(clients, token, chat_id)
+        started = [
+            data["chat"]["id"]
+            for event, data in agent.received
+            if event == "chat_started" and data["chat"]["id"] == chat_id
+        ]
+        if left["ok"]:
+            assert left["chat"]["id"] == chat_id
+            assert chat["status"] == "missed", (round_number, chat)
+            assert started == [], round_number
+            assert visitor.drain("chat_started") == []
+        else:
+            assert left["error"]["code"] == "wrong_state", left
+            assert chat["status"] == "active", (round_number, chat)
+            assert started == [chat_id], round_number
+            ended = await agent.call("end_chat", {"chat_id": chat_id})
+            assert ended["ok"], ended
+        assert (await agent.call("agent_away", {}))["ok"]
+        await visitor.disconnect()
