@@ -214,3 +214,21 @@ async def test_agent_serving_one_department(
     assert (await seller.next("chat_started"))["chat"]["id"] == sales_chat
     all_round = await ready_agent(clients, "bob@example.com")
     assert (await all_round.next("chat_started"))["chat"]["id"] == billing_chat
+
+
+async def test_serving_kept_across_reconnect(
+    clients_on: Callable[..., Clients],
+) -> None:
+    clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
+    seller = await ready_agent(clients, "alice@example.com", departments=["sales"])
+    await seller.disconnect()
+    back = await clients.agent("alice@example.com")
+    assert session_of(back)["status"] == "ready"
+    assert session_of(back)["serving"] == ["sales"]
+
+    billing = await clients.visitor()
+    await join(billing, "billing")
+    sales = await clients.visitor()
+    sales_chat = (await join(sales, "sales"))["chat"]["id"]
+    assert (await back.next("chat_started"))["chat"]["id"] == sales_chat
+    assert billing.drain("chat_started") == []

@@ -626,3 +626,62 @@ async def test_agents_list_for_picker(clients_on: Callable[..., Clients]) -> Non
     status, body = await http_json(clients.server, "GET", "/api/agents")
     assert status == 401
     assert body["error"]["code"] == "unauthorized"
+
+
+async def test_transfer_from_two_tabs_at_once(clients: Clients) -> None:
+    """Two tabs of one agent transfer the same chat to different agents."""
+    alice = await ready_agent(clients, "alice@example.com")
+    alice_tab = await clients.agent("alice@example.com")
+    visitor, chat_id = await start_chat(clients, alice)
+    bob = await ready_agent(clients, "bob@example.com")
+    carol = await ready_agent(clients, "carol@example.com")
+
+    replies = await asyncio.gather(
+        alice.call("transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}),
+        alice_tab.call(
+            "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(carol)}
+        ),
+    )
+    accepted = [reply for reply in replies if reply["ok"]]
+    assert len(accepted) == 1, replies
+    rejected = [reply for reply in replies if not reply["ok"]]
+    assert rejected[0]["error"]["code"] == "forbidden", rejected
+    winner = bob if accepted[0]["chat"]["agent"]["name"] == "Bob" else carol
+    loser = carol if winner is bob else bob
+
+    assert (await winner.next("chat_started"))["chat"]["id"] == chat_id
+    await loser.no_more("chat_started", within=0.5)
+    assert len(visitor.drain("chat_transferred")) == 1
+    assert len(alice.drain("chat_removed")) == 1
+    await assert_chat_with(winner, visitor, chat_id, "hello from the new agent")
+
+
+async def test_two_transfers_to_last_slot(clients: Clients) -> None:
+    """Two agents transfer to Carol, who has one free slot, at the same time."""
+    alice = await ready_agent(clients, "alice@example.com")
+    _, alice_chat = await start_chat(clients, alice)
+    bob = await ready_agent(clients, "bob@example.com")
+    _, bob_chat = await start_chat(clients, bob)
+    carol = await ready_agent(clients, "carol@example.com", max_chats=1)
+
+    replies = await asyncio.gather(
+        alice.call(
+            "transfer_chat", {"chat_id": alice_chat, "agent_id": agent_id(carol)}
+        ),
+        bob.call("transfer_chat", {"chat_id": bob_chat, "agent_id": agent_id(carol)}),
+    )
+    accepted = [reply for reply in replies if reply["ok"]]
+    assert len(accepted) == 1, replies
+    rejected = [reply for reply in replies if not reply["ok"]]
+    assert rejected[0]["error"]["code"] == "wrong_state", rejected
+    assert rejected[0]["error"]["reason"] == "agent_full", rejected
+    assert (await carol.next("chat_started"))["chat"]["id"] == accepted[0]["chat"]["id"]
+    await carol.no_more("chat_started", within=0.5)
+
+    status, body = await http_json(
+        clients.server, "GET", "/api/agents", token=carol.auth["token"]
+    )
+    assert status == 200, body
+    load = {agent["name"]: agent["load"] for agent in body["agents"]}
+    assert load["Carol"] == 1
+    assert load["Alice"] + load["Bob"] == 1
