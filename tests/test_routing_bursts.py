@@ -258,3 +258,39 @@ async def test_requeued_chat_served_first(
     bob = await ready_agent(clients, "bob@example.com", max_chats=1)
     served = await serve_in_order(bob, 3)
     assert served == [chat_id] + [other_chat for _, other_chat in newer]
+
+
+async def test_agent_grace_requeues_many_chats(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """Four chats go back at once; each visitor is told before Bob takes it."""
+    clients = clients_on(CHAT_AGENT_GRACE_S="1")
+    alice = await ready_agent(clients, "alice@example.com", max_chats=4)
+    visitors = await connect_visitors(clients, 4)
+    chat_ids = []
+    for visitor in visitors:
+        chat_ids.append((await visitor.call("join_queue", {}))["chat"]["id"])
+    for _ in chat_ids:
+        await alice.next("chat_started")
+    bob = await ready_agent(clients, "bob@example.com", max_chats=4)
+
+    await alice.disconnect()
+    taken = await collect_started([bob], 4)
+    assert sorted(chat_id for _, chat_id in taken) == sorted(chat_ids)
+    for visitor, chat_id in zip(visitors, chat_ids, strict=True):
+        moves = [
+            (event, data)
+            for event, data in visitor.received
+            if event in ("chat_started", "chat_requeued")
+        ]
+        assert [event for event, _ in moves] == [
+            "chat_started",
+            "chat_requeued",
+            "chat_started",
+        ], moves
+        assert moves[1][1] == {
+            "chat_id": chat_id,
+            "reason": "agent_left",
+            "department": None,
+        }
+        assert moves[2][1]["chat"]["agent"]["name"] == "Bob"
