@@ -47,6 +47,17 @@ async def listed_ids(clients: Clients, token: str, status: str) -> list[str]:
     return [chat["id"] for chat in body["chats"]]
 
 
+async def transitions(clients: Clients, transition: str) -> float:
+    """Return the server's `chat_lifecycle_total` count for `transition`."""
+    status, text = await http_json(clients.server, "GET", "/metrics")
+    assert status == 200, text
+    prefix = f'chat_lifecycle_total{{transition="{transition}"}} '
+    for line in str(text).splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
 async def replace_sockets(
     clients: Clients, first: ChatClient, start: float, until_s: float
 ) -> list[ChatClient]:
@@ -158,6 +169,7 @@ async def test_queue_timeout_once_across_reconnects(
     await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
 
     assert_told_once(sockets, chat_id)
+    assert await transitions(clients, "missed") == 1
     # The steady tab was connected before the join, so it is in the chat's room.
     if steady is not None:
         assert ended_events(steady, chat_id) == [
@@ -197,6 +209,7 @@ async def test_queue_timeout_many_reconnecting(
     for sockets, chat_id in zip(socket_lists, chat_ids, strict=True):
         assert_told_once(sockets, chat_id)
         assert missed.count(chat_id) == 1
+    assert await transitions(clients, "missed") == len(chat_ids)
 
 
 async def test_queue_timeout_zero_is_off(clients_on: Callable[..., Clients]) -> None:
@@ -410,6 +423,7 @@ async def test_idle_timeout_many_reconnecting(
         assert len(ended_events(alice, chat_id)) == 1
         chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
         assert chat["end_reason"] == "inactive"
+    assert await transitions(clients, "ended") == len(chat_ids)
 
 
 async def test_reply_timeout_after_transfer(
