@@ -18,7 +18,7 @@ from tests.support import (
 )
 
 UNKNOWN_AGENT_ID = "00000000-0000-4000-8000-000000000000"
-# Messages that the visitor sends while its chat is being transferred.
+# Messages that each of two visitor tabs sends while the chat is transferred.
 STREAM_MESSAGES = 40
 
 
