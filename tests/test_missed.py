@@ -270,3 +270,37 @@ async def test_leave_message_during_assignment(clients: Clients) -> None:
             assert ended["ok"], ended
         assert (await agent.call("agent_away", {}))["ok"]
         await visitor.disconnect()
+
+
+async def test_reply_to_timed_out_chat(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", CHAT_TIMER_INTERVAL_S="0.2")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "hello?"}))["chat"]["id"]
+    ended = await visitor.next("chat_ended", timeout=5)
+    assert ended["reason"] == "queue_timeout"
+
+    agent = await clients.agent()
+    status, body = await post_reply(
+        clients, agent.auth["token"], chat_id, {"text": "Sorry we missed you"}
+    )
+    assert status == 201, body
+    assert body["message"]["seq"] == 2
+    assert isinstance(body["email_sent"], bool)
+    assert await visitor.next("message") == body["message"]
+    chat, messages = await transcript(clients, agent.auth["token"], chat_id)
+    assert chat["status"] == "missed"
+    assert [m["text"] for m in messages] == ["hello?", "Sorry we missed you"]
+
+
+async def test_visitor_email_shown_to_agents(clients: Clients) -> None:
+    agent = await ready_agent(clients, "alice@example.com")
+    visitor = await clients.visitor(name="Vera", email="vera@example.com")
+    await visitor.call("join_queue", {})
+    started = await agent.next("chat_started")
+    assert started["chat"]["visitor"]["email"] == "vera@example.com"
+    assert (await agent.call("end_chat", {"chat_id": started["chat"]["id"]}))["ok"]
+
+    anonymous = await clients.visitor()
+    await anonymous.call("join_queue", {})
+    started = await agent.next("chat_started")
+    assert started["chat"]["visitor"]["email"] is None

@@ -115,6 +115,11 @@ async def test_estimate_from_chat_durations(
         update = await latest_update(visitor)
         assert update["position"] == position
         assert_close(update["estimated_wait_s"], position * mean_s)
+    # Positions count per department, so a billing chat is first in its queue.
+    biller = await clients.visitor()
+    first_billing = await biller.call("join_queue", {"department": "billing"})
+    assert first_billing["position"] == 1
+    assert_close(first_billing["estimated_wait_s"], mean_s)
 
     # Two slots halve the estimate, once the first waiting chat is taken.
     assert (await agent.call("agent_ready", {"max_chats": 2}))["ok"]
