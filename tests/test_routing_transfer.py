@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -351,7 +352,12 @@ async def test_transfer_to_department_queue(
     started = await bob.next("chat_started")
     assert started["chat"]["id"] == chat_id
     assert started["notes"] == [note["note"]]
-    assert (await visitor.next("chat_started"))["chat"]["agent"]["name"] == "Bob"
+    visitor_started = await visitor.next("chat_started")
+    assert visitor_started["chat"]["agent"]["name"] == "Bob"
+    # The visitor's copy never carries the notes.
+    assert visitor_started.get("notes") in (None, [])
+    for event, data in visitor.received:
+        assert "asked about prices" not in json.dumps(data), (event, data)
     assert newer_chat != chat_id
     assert newer.drain("chat_started") == []
     rejected = await alice.call(
