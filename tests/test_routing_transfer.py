@@ -691,3 +691,34 @@ async def test_two_transfers_to_last_slot(clients: Clients) -> None:
     load = {agent["name"]: agent["load"] for agent in body["agents"]}
     assert load["Carol"] == 1
     assert load["Alice"] + load["Bob"] == 1
+
+
+async def test_visitor_ends_during_transfer(clients: Clients) -> None:
+    """The visitor ends the chat as it is transferred: Bob is never left with it."""
+    alice = await ready_agent(clients, "alice@example.com")
+    bob = await ready_agent(clients, "bob@example.com")
+    assert (await bob.call("agent_away", {}))["ok"]
+    for round_number in range(5):
+        visitor, chat_id = await start_chat(clients, alice)
+        assert (await bob.call("agent_ready", {}))["ok"]
+        moved, ended = await asyncio.gather(
+            alice.call(
+                "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}
+            ),
+            visitor.call("end_chat", {"chat_id": chat_id}),
+        )
+        assert ended["ok"], (round_number, ended)
+        await asyncio.sleep(0.3)
+        bob_events = [
+            event
+            for event, data in bob.received
+            if event in ("chat_started", "chat_ended")
+            and (data.get("chat_id") or data["chat"]["id"]) == chat_id
+        ]
+        if moved["ok"]:
+            assert bob_events == ["chat_started", "chat_ended"], round_number
+        else:
+            assert moved["error"]["code"] == "wrong_state", (round_number, moved)
+            assert bob_events == [], round_number
+        assert (await bob.call("agent_away", {}))["ok"]
+        await visitor.disconnect()
