@@ -75,7 +75,7 @@ async def test_leave_message_without_agents(clients: Clients) -> None:
     assert messages[0]["text"] == "Please call me back"
     assert messages[0]["sender"]["role"] == "visitor"
 
-    # The missed chat is closed: a new join opens another chat.
+    # The missed chat is closed, so a new join opens another chat.
     joined = await visitor.call("join_queue", {})
     assert joined["ok"], joined
     assert joined["chat"]["id"] != chat["id"]
@@ -143,7 +143,7 @@ async def test_queued_chat_becomes_missed(clients: Clients) -> None:
     _, messages = await transcript(clients, agent.auth["token"], chat_id)
     assert [m["text"] for m in messages] == ["first", "second", "third"]
     assert [m["seq"] for m in messages] == [1, 2, 3]
-    # The missed chat left the queue: the agent gets the chat behind it.
+    # The missed chat left the queue, so the agent gets the chat behind it.
     started = await agent.next("chat_started")
     assert started["chat"]["id"] == behind_joined["chat"]["id"]
     await agent.no_more("chat_started", within=0.5)

@@ -185,7 +185,7 @@ async def test_positions_per_department(clients_on: Callable[..., Clients]) -> N
         update = await visitor.next("queue_update")
         assert update["position"] == position
 
-    # The first sales visitor leaves: only the sales queue moves up.
+    # When the first sales visitor leaves, only the sales queue moves up.
     ended = await visitors[0].call("end_chat", {"chat_id": chat_ids[0]})
     assert ended["ok"], ended
     assert (await visitors[2].next("queue_update"))["position"] == 1

@@ -226,7 +226,7 @@ async def test_transfer_to_agent_rejected(
     assert rejected["error"]["code"] == "wrong_state", rejected
     assert rejected["error"]["reason"] == reason, rejected
 
-    # Nothing moved: the chat stays with Alice.
+    # The chat stays with Alice.
     await assert_chat_with(alice, visitor, chat_id, "still here")
     assert alice.drain("chat_removed") == []
     assert visitor.drain("chat_transferred") == []
@@ -519,7 +519,7 @@ async def test_transfer_during_message_stream(clients: Clients) -> None:
 async def test_transfer_target_drops(
     clients_on: Callable[..., Clients], delay: float | None
 ) -> None:
-    """The target disconnects before or at the transfer: no chat is stranded.
+    """The target disconnects before or at the transfer, and no chat is stranded.
 
     With `delay=None` the target is gone before the transfer is sent. Otherwise
     the transfer is sent `delay` seconds after the disconnect starts.
@@ -547,7 +547,7 @@ async def test_transfer_target_drops(
         await assert_chat_with(alice, visitor, chat_id, "still here")
         return
 
-    # The transfer went through: Bob's grace period runs out and the chat goes
+    # The transfer went through. Bob's grace period runs out and the chat goes
     # back to the queue, where Alice, the only agent left, takes it.
     assert (await visitor.next("chat_transferred"))["agent"]["name"] == "Bob"
     requeued = await visitor.next("chat_requeued", timeout=5)
@@ -561,7 +561,7 @@ async def test_transfer_target_drops(
 async def test_agent_drops_during_transfer(
     clients_on: Callable[..., Clients],
 ) -> None:
-    """The transferring agent drops at once: the chat ends up with Bob either way."""
+    """The transferring agent drops at once, and the chat ends up with Bob."""
     clients = clients_on(CHAT_AGENT_GRACE_S="1")
     alice = await ready_agent(clients, "alice@example.com")
     visitor, chat_id = await start_chat(clients, alice)
@@ -694,7 +694,7 @@ async def test_two_transfers_to_last_slot(clients: Clients) -> None:
 
 
 async def test_visitor_ends_during_transfer(clients: Clients) -> None:
-    """The visitor ends the chat as it is transferred: Bob is never left with it."""
+    """The visitor ends the chat during a transfer, and Bob never keeps it open."""
     alice = await ready_agent(clients, "alice@example.com")
     bob = await ready_agent(clients, "bob@example.com")
     assert (await bob.call("agent_away", {}))["ok"]

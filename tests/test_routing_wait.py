@@ -129,7 +129,7 @@ async def test_estimate_from_chat_durations(
         assert update["position"] == position
         assert_close(update["estimated_wait_s"], position * mean_s / 2)
 
-    # No ready agent: no estimate.
+    # With no ready agent there is no estimate.
     assert (await agent.call("agent_away", {}))["ok"]
     update = await latest_update(waiting[1])
     assert update["agents_online"] == 0

@@ -16,7 +16,7 @@ import pytest
 from tests.support import ChatClient, Clients, http_json, ready_agent, session_of
 
 TIMER = {"CHAT_TIMER_INTERVAL_S": "0.2"}
-# Longest wait for a 1 s timeout to fire, with room for a busy machine.
+# Maximum wait for a 1 s timeout to fire, with room for a busy machine.
 FIRE_WITHIN_S = 5.0
 
 
@@ -64,7 +64,7 @@ async def replace_sockets(
     """Swap the visitor's socket for a new one every 0.1 s until `until_s`.
 
     `start` is the `time.monotonic()` the period counts from. Returns every
-    socket used, oldest first; only the last one is still connected.
+    socket used, oldest first. Only the last one is still connected.
     """
     token = first.auth["token"]
     sockets = [first]
@@ -78,7 +78,7 @@ async def replace_sockets(
 
 
 def assert_told_once(sockets: list[ChatClient], chat_id: str) -> None:
-    """Check chat_ended counts: at most one per socket, and none missing.
+    """Check that every socket got one chat_ended at most, and none missed one.
 
     The last socket is still connected. If its `session` showed the chat as
     open, a `chat_ended` must arrive after that session, or the client would
@@ -140,8 +140,8 @@ async def test_queue_timeout_makes_missed(
     )
     assert late["ok"] is False
     assert late["error"]["code"] == "wrong_state"
-    # The missed chat is closed: the next join opens a new chat, which the
-    # agent gets, never the missed one.
+    # The missed chat is closed, so the next join opens a new chat, which the
+    # agent gets instead of the missed one.
     again = await visitor.call("join_queue", {})
     assert again["chat"]["id"] != chat_id
     assert again["chat"]["status"] == "queued"
@@ -153,7 +153,7 @@ async def test_queue_timeout_makes_missed(
 async def test_queue_timeout_once_across_reconnects(
     clients_on: Callable[..., Clients], steady_tab: bool
 ) -> None:
-    """Sockets come and go around the deadline: one chat_ended each, at most.
+    """Sockets come and go around the deadline, and each gets one chat_ended at most.
 
     A socket whose session still showed the chat as queued must get exactly
     one `chat_ended`, or the visitor would wait for an agent forever.
@@ -263,7 +263,7 @@ async def test_reply_timeout_moves_chat(clients_on: Callable[..., Clients]) -> N
     newer = await clients.visitor()
     newer_chat = (await newer.call("join_queue", {}))["chat"]["id"]
 
-    # Alice says nothing: the chat goes back to the front of the queue.
+    # Alice sends no message, so the chat goes back to the front of the queue.
     removed = await alice.next("chat_removed", timeout=FIRE_WITHIN_S)
     assert removed["chat_id"] == chat_id
     assert removed["reason"] == "no_reply"
@@ -290,7 +290,7 @@ async def test_reply_timeout_moves_chat(clients_on: Callable[..., Clients]) -> N
     update = await visitor.next("queue_update")
     assert update["position"] == 1
 
-    # Bob answered in time, so he still has his chat.
+    # Bob replied in time, so he still has his chat.
     assert bob.drain("chat_removed") == []
     assert kept.drain("chat_requeued") == []
     still = await bob.call(
@@ -465,7 +465,7 @@ async def test_reply_timeout_after_transfer(
 
 
 async def test_reply_timeout_many_chats(clients_on: Callable[..., Clients]) -> None:
-    """Four unanswered chats move at once; each visitor ends up with Bob."""
+    """Move four unanswered chats at once, and check that each ends up with Bob."""
     clients = clients_on(CHAT_AGENT_REPLY_TIMEOUT_S="1", **TIMER)
     alice = await ready_agent(clients, "alice@example.com", max_chats=4)
     visitors = [await clients.visitor() for _ in range(4)]
@@ -512,7 +512,7 @@ async def test_reply_timeout_many_chats(clients_on: Callable[..., Clients]) -> N
 async def test_queue_timeout_vs_assignment(
     clients_on: Callable[..., Clients], offset_s: float
 ) -> None:
-    """An agent becomes ready right at the queue deadline: one outcome only."""
+    """An agent becomes ready at the queue deadline, and one outcome wins."""
     clients = clients_on(CHAT_QUEUE_TIMEOUT_S="1", **TIMER)
     agent = await clients.agent("alice@example.com")
     visitor = await clients.visitor()
