@@ -294,3 +294,66 @@ async def test_agent_grace_requeues_many_chats(
             "department": None,
         }
         assert moves[2][1]["chat"]["agent"]["name"] == "Bob"
+
+
+async def test_burst_across_departments(clients_on: Callable[..., Clients]) -> None:
+    """Joins for two departments and readies with mixed serving, all at once.
+
+    In each wave no agent goes over capacity or gets a department it does not
+    serve, and every department is served oldest first.
+    """
+    clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
+    plan: list[tuple[str, int, list[str] | None]] = [
+        ("alice@example.com", 2, ["sales"]),
+        ("bob@example.com", 2, ["billing"]),
+        ("carol@example.com", 2, None),
+        ("dave@example.com", 1, ["sales", "billing"]),
+    ]
+    agents = [await clients.agent(email) for email, _, _ in plan]
+    visitors = await connect_visitors(clients, 24)
+    departments = ["sales" if n % 3 else "billing" for n in range(24)]
+
+    joins = [
+        visitor.call("join_queue", {"department": department})
+        for visitor, department in zip(visitors, departments, strict=True)
+    ]
+    readies = []
+    for agent, (_, max_chats, serving) in zip(agents, plan, strict=True):
+        payload: dict[str, Any] = {"max_chats": max_chats}
+        if serving is not None:
+            payload["departments"] = serving
+        readies.append(agent.call("agent_ready", payload))
+    replies = await asyncio.gather(*joins, *readies)
+    for reply in replies:
+        assert reply["ok"], reply
+    chats = {reply["chat"]["id"]: reply["chat"] for reply in replies[:24]}
+
+    remaining = set(chats)
+    for wave in range(2):
+        open_chats = await collect_started(agents, 7)
+        assert len(open_chats) == 7, f"wave {wave}: {open_chats}"
+        for agent, (_, max_chats, serving) in zip(agents, plan, strict=True):
+            assert assert_capacity_kept(agent, max_chats) <= max_chats
+            for owner, chat_id in open_chats:
+                if owner is agent and serving is not None:
+                    assert chats[chat_id]["department"] in serving, (wave, chat_id)
+
+        served = {chat_id for _, chat_id in open_chats}
+        assert served <= remaining
+        remaining -= served
+        for department in ("sales", "billing"):
+            served_times = [
+                chats[c]["created_at"]
+                for c in served
+                if chats[c]["department"] == department
+            ]
+            waiting_times = [
+                chats[c]["created_at"]
+                for c in remaining
+                if chats[c]["department"] == department
+            ]
+            if served_times and waiting_times:
+                assert max(served_times) <= min(waiting_times), (wave, department)
+        ends = [agent.call("end_chat", {"chat_id": c}) for agent, c in open_chats]
+        for ended in await asyncio.gather(*ends):
+            assert ended["ok"], ended

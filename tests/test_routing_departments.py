@@ -50,6 +50,13 @@ async def test_sessions_list_departments(clients_on: Callable[..., Clients]) -> 
     assert by_id(body["departments"]) == EXPECTED_DEPARTMENTS
     assert body["agents_online"] == 0
 
+    assert (await agent.call("agent_ready", {}))["ok"]
+    status, body = await http_json(clients.server, "GET", "/api/departments")
+    assert status == 200
+    assert body["agents_online"] == 1
+    late_visitor = await clients.visitor()
+    assert session_of(late_visitor)["agents_online"] == 1
+
 
 async def test_sessions_without_departments(clients: Clients) -> None:
     visitor = await clients.visitor()
