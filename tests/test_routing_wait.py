@@ -13,6 +13,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from tests.support import DEPARTMENTS, ChatClient, Clients, ready_agent
@@ -22,24 +23,37 @@ TIMED_S = 2.0
 TOLERANCE_S = 1.0
 
 
+def stored_seconds(start: str, end: str) -> float:
+    """Return the seconds from `start` to `end`, two times as the server sends them.
+
+    Such a time is ISO 8601 in UTC with milliseconds: `2026-12-04T15:54:06.385Z`.
+    """
+    parsed = [
+        datetime.fromisoformat(value.replace("Z", "+00:00")) for value in (start, end)
+    ]
+    return (parsed[1] - parsed[0]).total_seconds()
+
+
 async def run_timed_chats(
     clients: Clients, agent: ChatClient, count: int
 ) -> list[float]:
-    """Run `count` chats side by side for about TIMED_S and return their durations."""
+    """Run `count` chats side by side for about TIMED_S and return their durations.
+
+    A duration is the chat's stored `ended_at` minus its `created_at`. The
+    agent is ready before the joins, so that is the time from assignment to
+    end plus a wait of a few milliseconds.
+    """
     visitors = [await clients.visitor() for _ in range(count)]
     await asyncio.gather(*(visitor.call("join_queue", {}) for visitor in visitors))
-    started_at: dict[str, float] = {}
-    for _ in range(count):
-        started = await agent.next("chat_started")
-        started_at[started["chat"]["id"]] = time.monotonic()
+    chat_ids = [(await agent.next("chat_started"))["chat"]["id"] for _ in visitors]
     await asyncio.sleep(TIMED_S)
 
     async def end(chat_id: str) -> float:
         ended = await agent.call("end_chat", {"chat_id": chat_id})
         assert ended["ok"], ended
-        return time.monotonic() - started_at[chat_id]
+        return stored_seconds(ended["chat"]["created_at"], ended["chat"]["ended_at"])
 
-    return list(await asyncio.gather(*(end(chat_id) for chat_id in started_at)))
+    return list(await asyncio.gather(*(end(chat_id) for chat_id in chat_ids)))
 
 
 async def join_waiting(clients: Clients) -> tuple[ChatClient, dict[str, Any]]:
