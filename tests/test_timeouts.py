@@ -354,26 +354,27 @@ async def test_idle_visitor_chat_ends(clients_on: Callable[..., Clients]) -> Non
 
 
 async def test_visitor_messages_keep_chat(clients_on: Callable[..., Clients]) -> None:
-    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="2", **TIMER)
     alice = await ready_agent(clients, "alice@example.com")
     visitor = await clients.visitor()
     chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
     await alice.next("chat_started")
 
-    for n in range(8):
+    # A message every 0.4 s for 4 s, twice the idle timeout.
+    for n in range(10):
+        await asyncio.sleep(0.4)
         sent = await visitor.call(
             "message",
             {"chat_id": chat_id, "text": f"still here {n}", "client_id": f"{n}"},
         )
         assert sent["ok"], sent
-        await asyncio.sleep(0.3)
+        last_sent_at = time.monotonic()
     assert ended_events(visitor, chat_id) == []
     assert ended_events(alice, chat_id) == []
 
-    stopped_at = time.monotonic()
     ended = await alice.next("chat_ended", timeout=FIRE_WITHIN_S)
     assert ended["reason"] == "inactive"
-    assert time.monotonic() - stopped_at >= 0.5
+    assert time.monotonic() - last_sent_at >= 1.8
 
 
 async def test_idle_timeout_once_across_reconnect(
