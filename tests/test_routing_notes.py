@@ -247,3 +247,12 @@ async def test_notes_during_transfer(clients: Clients) -> None:
     assert [note["id"] for note in seen_by_bob] == [note["id"] for note in acked]
     assert_no_note_reached(visitor)
     assert_no_note_reached(visitor_tab)
+
+
+async def test_notes_of_unknown_chat(clients: Clients) -> None:
+    agent = await clients.agent()
+    rejected = await agent.call(
+        "list_notes", {"chat_id": "00000000-0000-4000-8000-000000000000"}
+    )
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "not_found", rejected

@@ -156,3 +156,33 @@ async def test_rate_from_two_tabs_at_once(clients: Clients) -> None:
     assert (await listed_chat(clients, agent.auth["token"], chat_id))[
         "rating"
     ] == rating
+
+
+async def test_rate_active_chat_of_other(clients: Clients) -> None:
+    """Another visitor gets `forbidden` for a chat that is still open."""
+    agent, _visitor, chat_id = await matched_pair(clients)
+    stranger = await clients.visitor()
+    rejected = await stranger.call("rate_chat", {"chat_id": chat_id, "score": 4})
+    assert rejected["ok"] is False, rejected
+    assert rejected["error"]["code"] == "forbidden", rejected
+    rejected = await agent.call("rate_chat", {"chat_id": chat_id, "score": 4})
+    assert rejected["error"]["code"] == "forbidden", rejected
+
+
+async def test_rating_goes_to_current_agent(clients: Clients) -> None:
+    alice, visitor, chat_id = await matched_pair(clients)
+    bob = await clients.agent("bob@example.com")
+    assert (await bob.call("agent_ready", {}))["ok"]
+    bob_id = bob.received[0][1]["agent_id"]
+    moved = await alice.call("transfer_chat", {"chat_id": chat_id, "agent_id": bob_id})
+    assert moved["ok"], moved
+    await bob.next("chat_started")
+    assert (await bob.call("end_chat", {"chat_id": chat_id}))["ok"]
+
+    rated = await visitor.call("rate_chat", {"chat_id": chat_id, "score": 2})
+    assert rated["ok"], rated
+    assert await bob.next("chat_rated") == {
+        "chat_id": chat_id,
+        "rating": rated["rating"],
+    }
+    await alice.no_more("chat_rated", within=0.3)

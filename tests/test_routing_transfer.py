@@ -722,3 +722,22 @@ async def test_visitor_ends_during_transfer(clients: Clients) -> None:
             assert bob_events == [], round_number
         assert (await bob.call("agent_away", {}))["ok"]
         await visitor.disconnect()
+
+
+async def test_sessions_after_transfer(clients: Clients) -> None:
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor, chat_id = await start_chat(clients, alice)
+    bob = await ready_agent(clients, "bob@example.com")
+    moved = await alice.call(
+        "transfer_chat", {"chat_id": chat_id, "agent_id": agent_id(bob)}
+    )
+    assert moved["ok"], moved
+
+    alice_again = await clients.agent("alice@example.com")
+    assert session_of(alice_again)["chats"] == []
+    bob_again = await clients.agent("bob@example.com")
+    assert [chat["id"] for chat in session_of(bob_again)["chats"]] == [chat_id]
+    visitor_again = await clients.visitor(token=visitor.auth["token"])
+    shown = session_of(visitor_again)["chat"]
+    assert shown["id"] == chat_id
+    assert shown["agent"]["name"] == "Bob"
