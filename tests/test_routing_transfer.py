@@ -207,6 +207,7 @@ async def make_target_billing_only(clients: Clients) -> str:
         (make_target_billing_only, "department"),
         (None, "same_agent"),
     ],
+    ids=["away", "disconnected", "never_connected", "full", "billing_only", "self"],
 )
 async def test_transfer_to_agent_rejected(
     clients_on: Callable[..., Clients],
@@ -245,26 +246,24 @@ async def test_transfer_to_unknown_agent(clients: Clients) -> None:
     await assert_chat_with(alice, visitor, chat_id, "still here")
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {},
-        {"agent_id": UNKNOWN_AGENT_ID, "department": "sales"},
-        {"agent_id": UNKNOWN_AGENT_ID, "department": None},
-        {"department": "support"},
-        {"department": 5},
-        {"agent_id": 5},
-    ],
-)
-async def test_transfer_target_invalid(
-    clients_on: Callable[..., Clients], extra: dict[str, Any]
-) -> None:
+INVALID_TARGETS: list[dict[str, Any]] = [
+    {},
+    {"agent_id": UNKNOWN_AGENT_ID, "department": "sales"},
+    {"agent_id": UNKNOWN_AGENT_ID, "department": None},
+    {"department": "support"},
+    {"department": 5},
+    {"agent_id": 5},
+]
+
+
+async def test_transfer_target_invalid(clients_on: Callable[..., Clients]) -> None:
     clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
     alice = await ready_agent(clients, "alice@example.com")
     visitor, chat_id = await start_chat(clients, alice, department="sales")
-    rejected = await alice.call("transfer_chat", {"chat_id": chat_id, **extra})
-    assert rejected["ok"] is False, rejected
-    assert rejected["error"]["code"] == "invalid_payload", rejected
+    for target in INVALID_TARGETS:
+        rejected = await alice.call("transfer_chat", {"chat_id": chat_id, **target})
+        assert rejected["ok"] is False, (target, rejected)
+        assert rejected["error"]["code"] == "invalid_payload", (target, rejected)
     await assert_chat_with(alice, visitor, chat_id, "still here")
 
 
