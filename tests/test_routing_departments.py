@@ -66,16 +66,16 @@ async def test_sessions_without_departments(clients: Clients) -> None:
     assert body["departments"] == []
 
 
-@pytest.mark.parametrize("department", ["support", "Sales", "", 5, ["sales"]])
-async def test_join_unknown_department(
-    clients_on: Callable[..., Clients], department: object
-) -> None:
+async def test_join_unknown_department(clients_on: Callable[..., Clients]) -> None:
     clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
     visitor = await clients.visitor()
-    joined = await visitor.call("join_queue", {"department": department})
-    assert joined["ok"] is False
-    assert joined["error"]["code"] == "invalid_payload"
-    assert session_of(visitor)["chat"] is None
+    for department in ["support", "Sales", "", 5, ["sales"]]:
+        joined = await visitor.call("join_queue", {"department": department})
+        assert joined["ok"] is False, (department, joined)
+        assert joined["error"]["code"] == "invalid_payload", (department, joined)
+    # No chat was opened by the rejected joins.
+    again = await clients.visitor(token=visitor.auth["token"])
+    assert session_of(again)["chat"] is None
 
 
 async def test_join_department_without_config(clients: Clients) -> None:
@@ -85,17 +85,17 @@ async def test_join_department_without_config(clients: Clients) -> None:
     assert joined["error"]["code"] == "invalid_payload"
 
 
-@pytest.mark.parametrize(
-    "departments", [["support"], ["sales", "nope"], "sales", [5], [""]]
-)
-async def test_ready_unknown_department(
-    clients_on: Callable[..., Clients], departments: object
-) -> None:
+async def test_ready_unknown_department(clients_on: Callable[..., Clients]) -> None:
     clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS)
     agent = await clients.agent()
-    reply = await agent.call("agent_ready", {"departments": departments})
-    assert reply["ok"] is False
-    assert reply["error"]["code"] == "invalid_payload"
+    for departments in [["support"], ["sales", "nope"], "sales", [5], [""]]:
+        reply = await agent.call("agent_ready", {"departments": departments})
+        assert reply["ok"] is False, (departments, reply)
+        assert reply["error"]["code"] == "invalid_payload", (departments, reply)
+    # The agent is still away, so a waiting chat is not assigned.
+    visitor = await clients.visitor()
+    await visitor.call("join_queue", {"department": "sales"})
+    await agent.no_more("chat_started", within=0.5)
 
 
 async def test_ready_reply_has_serving(clients_on: Callable[..., Clients]) -> None:
