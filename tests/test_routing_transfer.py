@@ -510,8 +510,10 @@ async def test_transfer_during_message_stream(clients: Clients) -> None:
     assert message_seqs(bob, chat_id) == list(range(cut_seq + 1, total + 1))
     # Alice got each earlier message once and nothing after her reply.
     assert message_seqs(alice, chat_id) == list(range(1, cut_seq + 1))
-    late = [(e, d) for e, d in alice.received[cut_index:] if e == "message"]
+    late = [(e, d) for e, d in alice.received[cut_index:] if e in ("message", "typing")]
     assert late == []
+    # Typing went on during the stream, so it reached the new agent as well.
+    assert any(event == "typing" for event, _ in bob.received)
 
 
 @pytest.mark.parametrize("delay", [None, 0.0, 0.005, 0.02])
