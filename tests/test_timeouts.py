@@ -539,3 +539,43 @@ async def test_queue_timeout_vs_assignment(
         assert ended_events(visitor, chat_id) == []
         assert [data["chat"]["id"] for data in visitor_started] == [chat_id]
         assert [data["chat"]["id"] for data in agent_started] == [chat_id]
+
+
+async def test_idle_clock_starts_at_assignment(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """Time spent queued does not count as visitor inactivity."""
+    clients = clients_on(CHAT_VISITOR_IDLE_TIMEOUT_S="1", **TIMER)
+    agent = await clients.agent("alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    await asyncio.sleep(2.0)
+    assert (await agent.call("agent_ready", {}))["ok"]
+    await agent.next("chat_started")
+    assigned_at = time.monotonic()
+
+    ended = await agent.next("chat_ended", timeout=FIRE_WITHIN_S)
+    assert ended["chat_id"] == chat_id
+    assert ended["reason"] == "inactive"
+    assert time.monotonic() - assigned_at >= 0.8
+
+
+async def test_queue_clock_restarts_on_requeue(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """A chat back in the queue gets the whole queue timeout again."""
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="2", **TIMER)
+    alice = await clients.agent("alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    await asyncio.sleep(1.5)
+    assert (await alice.call("agent_ready", {}))["ok"]
+    await alice.next("chat_started")
+    await asyncio.sleep(1.0)
+
+    moved = await alice.call("transfer_chat", {"chat_id": chat_id, "department": None})
+    assert moved["ok"], moved
+    requeued_at = time.monotonic()
+    ended = await visitor.next("chat_ended", timeout=FIRE_WITHIN_S)
+    assert ended["reason"] == "queue_timeout"
+    assert time.monotonic() - requeued_at >= 1.8
