@@ -135,7 +135,7 @@ async def test_sales_agent_never_gets_billing(
     for visitor in billing_visitors:
         assert visitor.drain("chat_started") == []
 
-    # The seller has four free slots and the billing chats still wait.
+    # Raising the seller's capacity to 10 starts no billing chat either.
     reply = await seller.call(
         "agent_ready", {"max_chats": 10, "departments": ["sales"]}
     )
