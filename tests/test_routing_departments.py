@@ -239,3 +239,24 @@ async def test_serving_kept_across_reconnect(
     sales_chat = (await join(sales, "sales"))["chat"]["id"]
     assert (await back.next("chat_started"))["chat"]["id"] == sales_chat
     assert billing.drain("chat_started") == []
+
+
+async def test_requeue_keeps_department(clients_on: Callable[..., Clients]) -> None:
+    clients = clients_on(CHAT_DEPARTMENTS=DEPARTMENTS, CHAT_AGENT_GRACE_S="1")
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor = await clients.visitor()
+    chat_id = (await join(visitor, "sales"))["chat"]["id"]
+    await alice.next("chat_started")
+    biller = await ready_agent(clients, "bob@example.com", departments=["billing"])
+
+    await alice.disconnect()
+    assert await visitor.next("chat_requeued", timeout=5) == {
+        "chat_id": chat_id,
+        "reason": "agent_left",
+        "department": "sales",
+    }
+    await biller.no_more("chat_started", within=0.8)
+    seller = await ready_agent(clients, "carol@example.com", departments=["sales"])
+    started = await seller.next("chat_started")
+    assert started["chat"]["id"] == chat_id
+    assert started["chat"]["department"] == "sales"
