@@ -186,3 +186,15 @@ async def test_rating_goes_to_current_agent(clients: Clients) -> None:
         "rating": rated["rating"],
     }
     await alice.no_more("chat_rated", within=0.3)
+
+
+async def test_rate_chat_ended_while_queued(clients: Clients) -> None:
+    """A chat the visitor ended before any agent took it has status ended."""
+    visitor = await clients.visitor()
+    chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+    ended = await visitor.call("end_chat", {"chat_id": chat_id})
+    assert ended["ok"], ended
+    assert ended["chat"]["status"] == "ended"
+    rated = await visitor.call("rate_chat", {"chat_id": chat_id, "score": 3})
+    assert rated["ok"], rated
+    assert rated["rating"]["score"] == 3
