@@ -172,3 +172,28 @@ async def test_estimate_from_waits(clients: Clients) -> None:
         update = await latest_update(visitor)
         assert update["position"] == position
         assert_close(update["estimated_wait_s"], median_s)
+
+
+async def test_estimate_kept_across_restart(clients: Clients) -> None:
+    """The measured waits are read back at start, so estimates go on."""
+    agent = await clients.agent("alice@example.com")
+    early = [await clients.visitor() for _ in range(5)]
+    await asyncio.gather(*(visitor.call("join_queue", {}) for visitor in early))
+    joined_at = time.monotonic()
+    await asyncio.sleep(TIMED_S)
+    assert (await agent.call("agent_ready", {"max_chats": 5}))["ok"]
+    waits = []
+    for visitor in early:
+        await visitor.next("chat_started")
+        waits.append(time.monotonic() - joined_at)
+    median_s = statistics.median(waits)
+
+    clients.server.stop()
+    clients.server.start()
+    # The agent's client reconnects by itself within its grace period.
+    session = await agent.next("session", timeout=20)
+    assert session["status"] == "ready"
+    assert len(session["chats"]) == 5
+    _visitor, joined = await join_waiting(clients)
+    assert joined["position"] == 1
+    assert_close(joined["estimated_wait_s"], median_s)

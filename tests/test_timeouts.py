@@ -579,3 +579,28 @@ async def test_queue_clock_restarts_on_requeue(
     ended = await visitor.next("chat_ended", timeout=FIRE_WITHIN_S)
     assert ended["reason"] == "queue_timeout"
     assert time.monotonic() - requeued_at >= 1.8
+
+
+async def test_queue_timeout_after_restart(
+    clients_on: Callable[..., Clients],
+) -> None:
+    """A deadline that passed while the server was down fires after the start."""
+    clients = clients_on(CHAT_QUEUE_TIMEOUT_S="2", **TIMER)
+    server = clients.server
+    await server.create_agent("alice@example.com")
+    visitor = clients.client({"role": "visitor", "token": None}, reconnection=False)
+    await visitor.connect()
+    chat_id = (await visitor.call("join_queue", {"message": "hi"}))["chat"]["id"]
+    server.kill()
+    await asyncio.sleep(2.5)
+    server.start()
+    await asyncio.sleep(1.0)
+
+    token = await server.login("alice@example.com")
+    missed = await listed_ids(clients, token, "missed")
+    assert missed.count(chat_id) == 1
+    chat, messages = await fetch_chat(clients, token, chat_id)
+    assert chat["end_reason"] == "queue_timeout"
+    assert [m["text"] for m in messages] == ["hi"]
+    back = await clients.visitor(token=visitor.auth["token"])
+    assert session_of(back)["chat"] is None
