@@ -324,13 +324,3 @@ async def http_json(
             return response.status, await response.json()
         return response.status, await response.text()
 
-
-async def wait_until(
-    condition: Any, timeout: float = 5, interval: float = 0.05
-) -> None:
-    """Poll the no-argument async `condition` until it returns true or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
