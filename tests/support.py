@@ -296,7 +296,7 @@ async def ready_agent(
     max_chats: int = 1,
     departments: list[str] | None = None,
 ) -> ChatClient:
-    """Connect an agent and send `agent_ready`; `departments=None` sends none."""
+    """Connect an agent and send `agent_ready`, without `departments` when None."""
     agent = await clients.agent(email)
     payload: dict[str, Any] = {"max_chats": max_chats}
     if departments is not None:
@@ -314,7 +314,10 @@ async def http_json(
     token: str | None = None,
     **options: Any,
 ) -> tuple[int, Any]:
-    """Send one HTTP request to the server; return the status and the JSON body."""
+    """Send one HTTP request to the server and return the status and the body.
+
+    The body is parsed JSON when the response is JSON, and text otherwise.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         aiohttp.ClientSession() as http,
@@ -323,4 +326,3 @@ async def http_json(
         if response.content_type == "application/json":
             return response.status, await response.json()
         return response.status, await response.text()
-
