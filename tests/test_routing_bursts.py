@@ -83,7 +83,7 @@ async def test_burst_of_fifty_visitors(clients: Clients) -> None:
         for visitor, reply in zip(visitors, replies[:50], strict=True)
     }
 
-    # Wait until every waiting visitor holds its final place, 10 s at most.
+    # Wait until every waiting visitor has its final place, 10 s at most.
     latest: dict[ChatClient, int] = {}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
