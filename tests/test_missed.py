@@ -241,8 +241,8 @@ async def test_reply_rejected(clients: Clients) -> None:
 async def test_leave_message_during_assignment(clients: Clients) -> None:
     """An agent becomes ready as the queued visitor leaves a message.
 
-    Each round ends one way only: the chat is missed and no agent got it, or
-    the chat is active and `leave_message` got `wrong_state`.
+    Each round ends one way only. Either the chat is missed and no agent got
+    it, or the chat is active and `leave_message` got `wrong_state`.
     """
     agent = await clients.agent("alice@example.com")
     token = agent.auth["token"]

@@ -273,7 +273,7 @@ async def test_requeued_chat_served_first(
 async def test_agent_grace_requeues_many_chats(
     clients_on: Callable[..., Clients],
 ) -> None:
-    """Requeue four chats at once: each visitor gets chat_requeued, then Bob."""
+    """Requeue four chats at once, and tell each visitor before Bob takes it."""
     clients = clients_on(CHAT_AGENT_GRACE_S="1")
     alice = await ready_agent(clients, "alice@example.com", max_chats=4)
     visitors = await connect_visitors(clients, 4)

@@ -430,7 +430,7 @@ async def test_idle_timeout_many_reconnecting(
 async def test_reply_timeout_after_transfer(
     clients_on: Callable[..., Clients],
 ) -> None:
-    """A transfer restarts the reply clock: the new agent must reply too."""
+    """A transfer restarts the reply clock, so the new agent must reply too."""
     clients = clients_on(CHAT_AGENT_REPLY_TIMEOUT_S="1", **TIMER)
     alice = await ready_agent(clients, "alice@example.com")
     visitor = await clients.visitor()
