@@ -743,3 +743,39 @@ async def test_sessions_after_transfer(clients: Clients) -> None:
     shown = session_of(visitor_again)["chat"]
     assert shown["id"] == chat_id
     assert shown["agent"]["name"] == "Bob"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02])
+async def test_transfer_target_reconnects(clients: Clients, delay: float) -> None:
+    """The target drops at the transfer and comes back within its grace period.
+
+    If the transfer went through, the target's new socket must be in the
+    chat's room; otherwise the chat stays with Alice.
+    """
+    alice = await ready_agent(clients, "alice@example.com")
+    visitor, chat_id = await start_chat(clients, alice)
+    bob = await ready_agent(clients, "bob@example.com")
+    payload = {"chat_id": chat_id, "agent_id": agent_id(bob)}
+
+    async def transfer_later() -> Any:
+        await asyncio.sleep(delay)
+        return await alice.call("transfer_chat", payload)
+
+    async def reconnect() -> ChatClient:
+        await bob.disconnect()
+        return await clients.agent("bob@example.com")
+
+    bob_again, moved = await asyncio.gather(reconnect(), transfer_later())
+    await asyncio.sleep(0.3)
+    if not moved["ok"]:
+        assert moved["error"]["code"] == "wrong_state", moved
+        assert moved["error"]["reason"] == "agent_offline", moved
+        await assert_chat_with(alice, visitor, chat_id, "still here")
+        return
+
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": "hi Bob", "client_id": "v-1"}
+    )
+    assert sent["ok"], sent
+    assert (await bob_again.next("message"))["text"] == "hi Bob"
+    await assert_chat_with(bob_again, visitor, chat_id, "Bob here")
