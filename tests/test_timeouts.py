@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import ChatClient, Clients, http_json, ready_agent, session_of
+from tests.support import (
+    ChatClient,
+    Clients,
+    http_json,
+    ready_agent,
+    scrape_metrics,
+    session_of,
+)
 
 TIMER = {"CHAT_TIMER_INTERVAL_S": "0.2"}
 # Maximum wait for a 1 s timeout to fire, with room for a busy machine.
@@ -49,13 +56,8 @@ async def listed_ids(clients: Clients, token: str, status: str) -> list[str]:
 
 async def transitions(clients: Clients, transition: str) -> float:
     """Return the server's `chat_lifecycle_total` count for `transition`."""
-    status, text = await http_json(clients.server, "GET", "/metrics")
-    assert status == 200, text
-    prefix = f'chat_lifecycle_total{{transition="{transition}"}} '
-    for line in str(text).splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
+    samples = await scrape_metrics(clients.server)
+    return samples.get(f'chat_lifecycle_total{{transition="{transition}"}}', 0.0)
 
 
 async def replace_sockets(
