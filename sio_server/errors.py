@@ -48,7 +48,7 @@ class WrongState(ChatError):
     http_status = 409
 
 
-class TransferRefused(WrongState):
+class TransferRejected(WrongState):
     """The target agent of a transfer cannot take the chat now.
 
     `reason` is one of `same_agent`, `agent_offline`, `agent_away`,

@@ -8,7 +8,7 @@ Two figures are kept, each for the latest `WINDOW` chats:
 With agents' open capacity `C` (the sum of `max_chats` of ready, connected
 agents) and a mean chat duration `D`, slots free up at about `C / D` per
 second, so the visitor at position `p` waits about `p * D / C`. Before enough
-durations are known, the median of the recent waits stands in for every
+durations are known, the median of the recent waits is the estimate for every
 position. With too little data of either kind, or no agent ready, there is no
 estimate: a wrong number is worse than none.
 """

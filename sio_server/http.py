@@ -401,8 +401,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Tell a load balancer whether to send new connections here.
 
-    Ready means the store answers and the server is not shutting down; a
-    process that is alive but not ready fails this check and passes
+    Ready means a store query succeeds and the server is not shutting down.
+    A process that is alive but not ready fails this check and passes
     `/healthz`.
     """
     service = request.app[SERVICE_KEY]

@@ -1,4 +1,4 @@
-"""Which browser origins may open Socket.IO connections and call the API.
+"""The origin policy: browser origins allowed to use Socket.IO and the API.
 
 A request without an `Origin` header comes from a native app, a script or a
 same-origin page load, and its token decides what it may do. Browsers send

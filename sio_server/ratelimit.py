@@ -59,7 +59,7 @@ class Limit:
 
     name: str
     items: tuple[RateLimitItem, ...]
-    # What was counted, as the error message names it: "too many <description>".
+    # The counted requests, named in the error message as "too many <description>".
     description: str
 
 

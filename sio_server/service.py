@@ -873,16 +873,25 @@ class ChatService:
         self._sent_positions.pop(chat.id, None)
 
     async def _start_for_agent(
-        self, chat: Chat, transferred_from: dict[str, str] | None = None
+        self,
+        chat: Chat,
+        transferred_from: dict[str, str] | None = None,
+        history: tuple[list[Message], bool] | None = None,
     ) -> None:
-        """Put the chat's agent in its room and send it the chat so far."""
+        """Put the chat's agent in its room and send it the chat so far.
+
+        `history` is the chat's first messages and `has_more`, when the
+        caller has read them already.
+        """
         assert chat.agent_id is not None
         self._awaiting_reply[chat.id] = time.monotonic()
         for sid in self.presence.sockets(("agent", chat.agent_id)):
             await self.sio.enter_room(sid, chat_room(chat.id))
-        messages, has_more = await self.store.list_messages(
-            chat.id, limit=STARTED_MESSAGES_LIMIT
-        )
+        if history is None:
+            history = await self.store.list_messages(
+                chat.id, limit=STARTED_MESSAGES_LIMIT
+            )
+        messages, has_more = history
         notes = await self.store.list_notes(chat.id)
         await self.sio.emit(
             "chat_started",
@@ -901,8 +910,8 @@ class ChatService:
     ) -> dict[str, Any]:
         """Store a remark that only agents see, and show it on the agent's tabs."""
         require_role(connection, "agent", "note")
-        # Under the chat lock, so a transfer sees either none or all of a
-        # note: the new agent finds it in `chat_started` or not at all.
+        # Under the chat lock, so a concurrent transfer stores its snapshot
+        # either before or after the note, and the new agent gets every note.
         async with self._chat_locks.hold(payload.chat_id):
             chat = await self._authorized_chat(connection, payload.chat_id)
             sender = Sender("agent", connection.person_id, connection.name)
@@ -1141,7 +1150,7 @@ class ChatService:
                 "chat_started", payload, room=person_room("visitor", chat.visitor_id)
             )
             # The agent's copy carries the notes, which visitors never see.
-            await self._start_for_agent(chat)
+            await self._start_for_agent(chat, history=(messages, has_more))
         if chat.queued_at is not None and chat.assigned_at is not None:
             wait = parse_time(chat.assigned_at) - parse_time(chat.queued_at)
             self.estimator.record_wait(wait.total_seconds())

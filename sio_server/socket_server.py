@@ -130,8 +130,8 @@ class PacketQueue:
     """An unbounded FIFO with the part of `asyncio.Queue` that python-engineio uses.
 
     Each socket has one, for the packets waiting to go out. An idle socket's
-    `asyncio.Queue` holds three deques and an event, about 3 KB; this one
-    keeps its item and waiter lists only while they hold something.
+    `asyncio.Queue` has three deques and an event, about 3 KB by tracemalloc.
+    This one keeps its item and waiter lists only while they are not empty.
     """
 
     __slots__ = ("_getters", "_items", "_joiners", "_unfinished")

@@ -231,18 +231,18 @@ async def test_supervisor_overview_and_watch(
     watched = await root.call("watch_chat", {"chat_id": chat_id})
     assert watched["ok"], watched
     assert [m["text"] for m in watched["messages"]] == ["hi"]
-    said = {"chat_id": chat_id, "text": "from the visitor", "client_id": "v2"}
-    assert (await visitor.call("message", said))["ok"]
+    sent = {"chat_id": chat_id, "text": "from the visitor", "client_id": "v2"}
+    assert (await visitor.call("message", sent))["ok"]
     assert (await root.next("message"))["text"] == "from the visitor"
     # Watching is read-only.
-    reply = await root.call("message", {**said, "client_id": "r1"})
+    reply = await root.call("message", {**sent, "client_id": "r1"})
     assert reply["error"]["code"] == "forbidden"
     reply = await agent.call("watch_chat", {"chat_id": chat_id})
     assert reply["error"]["code"] == "forbidden"
 
     assert (await root.call("unwatch_chat", {"chat_id": chat_id}))["ok"]
-    said = {"chat_id": chat_id, "text": "after", "client_id": "v3"}
-    assert (await visitor.call("message", said))["ok"]
+    sent = {"chat_id": chat_id, "text": "after", "client_id": "v3"}
+    assert (await visitor.call("message", sent))["ok"]
     await root.no_more("message")
 
 

@@ -1,10 +1,10 @@
 """Connect, join, send and leave many times; afterwards the server is back at rest.
 
 Visitors come and go in parallel, some of them dropping their connection in
-the middle of a handler. Once their grace periods are over, every count the
-server keeps in memory (sockets, rooms, locks, timers, queue positions) must
-equal its value before the churn, the queue must be empty, and resident memory
-may grow by at most `MEMORY_BOUND_MB` after a warm-up.
+the middle of a handler. Once their grace periods are over, three checks
+follow. Every count the server keeps in memory (sockets, rooms, locks, timers,
+queue positions) equals its value before the churn. The queue is empty.
+Resident memory grew by at most `MEMORY_BOUND_MB` after a warm-up.
 
 `CHURN_CYCLES` sets the number of visitors (`make fuzz` runs a long form).
 """
@@ -52,7 +52,7 @@ async def one_visitor(clients: Clients, n: int) -> None:
     visitor = await clients.visitor()
     kind = n % 4
     if kind == 0:
-        # A whole chat, ended by whoever comes first.
+        # A whole chat, ended by the visitor or the agent, whichever is first.
         await visitor.call("join_queue", {"message": f"v{n}"})
         with contextlib.suppress(TimeoutError):
             await visitor.next("chat_ended", timeout=5)

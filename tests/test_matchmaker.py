@@ -106,7 +106,7 @@ def test_passing_agent_does_not_get_chat_back() -> None:
     assert plan == [Assignment("c1", "b"), Assignment("c2", "a")]
 
 
-def test_passed_chat_waits_when_only_its_agent_is_free() -> None:
+def test_passed_chat_skips_its_agent() -> None:
     agents = [AgentSlot("a", load=0, max_chats=1)]
     waiting = [WaitingChat("c1", passed_by="a"), WaitingChat("c2")]
     assert plan_assignments(waiting, agents) == [Assignment("c2", "a")]

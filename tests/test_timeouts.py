@@ -79,7 +79,7 @@ async def replace_sockets(
     return sockets
 
 
-def assert_told_once(sockets: list[ChatClient], chat_id: str) -> None:
+def assert_notified_once(sockets: list[ChatClient], chat_id: str) -> None:
     """Check that every socket got one chat_ended at most, and none missed one.
 
     The last socket is still connected. If its `session` showed the chat as
@@ -170,7 +170,7 @@ async def test_queue_timeout_once_across_reconnects(
     sockets = await replace_sockets(clients, first, start, until_s=2.0)
     await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
 
-    assert_told_once(sockets, chat_id)
+    assert_notified_once(sockets, chat_id)
     assert await transitions(clients, "missed") == 1
     # The steady tab was connected before the join, so it is in the chat's room.
     if steady is not None:
@@ -209,7 +209,7 @@ async def test_queue_timeout_many_reconnecting(
     agent = await clients.agent()
     missed = await listed_ids(clients, agent.auth["token"], "missed")
     for sockets, chat_id in zip(socket_lists, chat_ids, strict=True):
-        assert_told_once(sockets, chat_id)
+        assert_notified_once(sockets, chat_id)
         assert missed.count(chat_id) == 1
     assert await transitions(clients, "missed") == len(chat_ids)
 
@@ -395,7 +395,7 @@ async def test_idle_timeout_once_across_reconnect(
     assert ended_events(alice, chat_id) == [
         {"chat_id": chat_id, "ended_by": "system", "reason": "inactive"}
     ]
-    assert_told_once(sockets, chat_id)
+    assert_notified_once(sockets, chat_id)
     chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
     assert chat["status"] == "ended"
     assert chat["end_reason"] == "inactive"
@@ -422,7 +422,7 @@ async def test_idle_timeout_many_reconnecting(
     await asyncio.sleep(FIRE_WITHIN_S - (time.monotonic() - start))
 
     for sockets, chat_id in zip(socket_lists, chat_ids, strict=True):
-        assert_told_once(sockets, chat_id)
+        assert_notified_once(sockets, chat_id)
         assert len(ended_events(alice, chat_id)) == 1
         chat, _ = await fetch_chat(clients, alice.auth["token"], chat_id)
         assert chat["end_reason"] == "inactive"

@@ -193,7 +193,7 @@ class Store(ABC):
         The checks and the change happen in one transaction. Raise `NotFound`
         for an unknown chat or target, `Forbidden` when the chat is not the
         caller's, and `WrongState` when it is not active. Raise
-        `TransferRefused` when the target is the caller, offline, away or full,
+        `TransferRejected` when the target is the caller, offline, away or full,
         or does not serve the chat's department.
         """
 

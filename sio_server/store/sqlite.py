@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from .. import matchmaker
-from ..errors import Forbidden, NotFound, TransferRefused, WrongState
+from ..errors import Forbidden, NotFound, TransferRejected, WrongState
 from ..models import (
     Agent,
     AgentChanges,
@@ -428,13 +428,7 @@ class SQLiteStore(Store):
         visitor_id = visitor.id
         async with self._transaction() as db:
             # Visitors are stored when they first join, not when they connect.
-            await db.execute(
-                "INSERT INTO visitors (id, name, email, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET name = excluded.name,"
-                " email = COALESCE(excluded.email, visitors.email)",
-                (visitor.id, visitor.name, visitor.email, visitor.created_at),
-            )
+            await _store_visitor(db, visitor)
             existing = await _fetch_one(
                 db,
                 f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
@@ -555,8 +549,8 @@ class SQLiteStore(Store):
         return chats
 
     async def assign_waiting(self) -> list[Chat]:
-        # Most runs follow an agent's change with nobody waiting; they cost a
-        # read instead of a write transaction that blocks every other write.
+        # Most runs follow an agent's change while the queue is empty. Those
+        # cost a read instead of a write transaction that blocks other writes.
         if not await self._any("FROM chats WHERE status = 'queued'"):
             return []
         async with self._transaction() as db:
@@ -630,7 +624,7 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             chat = await _chat_of_agent(db, chat_id, from_agent_id)
             if to_agent_id == from_agent_id:
-                raise TransferRefused(
+                raise TransferRejected(
                     "the chat is yours already: pick another agent", "same_agent"
                 )
             row = await _fetch_one(
@@ -717,13 +711,7 @@ class SQLiteStore(Store):
     ) -> Chat:
         sender = Sender(role="visitor", id=visitor.id, name=visitor.name)
         async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO visitors (id, name, email, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET name = excluded.name,"
-                " email = COALESCE(excluded.email, visitors.email)",
-                (visitor.id, visitor.name, visitor.email, visitor.created_at),
-            )
+            await _store_visitor(db, visitor)
             # A retry of the same message returns the chat it made.
             retried = await _fetch_one(
                 db,
@@ -1141,6 +1129,17 @@ _NOTE_COLUMNS = "id, chat_id, author_id, author_name, text, client_id, created_a
 _CANNED_COLUMNS = "id, shortcut, text, created_by, created_at, updated_at"
 
 
+async def _store_visitor(db: aiosqlite.Connection, visitor: Visitor) -> None:
+    """Insert the visitor, or update its name and, when given, its email."""
+    await db.execute(
+        "INSERT INTO visitors (id, name, email, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+        " SET name = excluded.name,"
+        " email = COALESCE(excluded.email, visitors.email)",
+        (visitor.id, visitor.name, visitor.email, visitor.created_at),
+    )
+
+
 async def _audit(
     db: aiosqlite.Connection,
     actor_id: str | None,
@@ -1163,14 +1162,14 @@ def _agent_load(row: sqlite3.Row) -> AgentLoad:
 
 
 def _check_can_take(target: AgentLoad, department: str | None) -> None:
-    """Raise `TransferRefused` when `target` cannot take a chat right now."""
+    """Raise `TransferRejected` when `target` cannot take a chat right now."""
     agent = target.agent
     if not target.connected:
-        raise TransferRefused(f"{agent.name} is offline", "agent_offline")
+        raise TransferRejected(f"{agent.name} is offline", "agent_offline")
     if agent.status != "ready":
-        raise TransferRefused(f"{agent.name} is away", "agent_away")
+        raise TransferRejected(f"{agent.name} is away", "agent_away")
     if target.load >= agent.max_chats:
-        raise TransferRefused(
+        raise TransferRejected(
             f"{agent.name} has {target.load} of {agent.max_chats} chats open",
             "agent_full",
         )
@@ -1179,7 +1178,7 @@ def _check_can_take(target: AgentLoad, department: str | None) -> None:
         and agent.departments is not None
         and department not in agent.departments
     ):
-        raise TransferRefused(
+        raise TransferRejected(
             f"{agent.name} does not serve department {department!r}", "department"
         )
 
