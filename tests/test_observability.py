@@ -93,6 +93,19 @@ async def send_until_dropped(
         acked.append(reply["message"])
 
 
+async def read_all(client: ChatClient, chat_id: str) -> list[dict[str, Any]]:
+    """Every stored message of a chat, one `history` page at a time."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        after = messages[-1]["seq"] if messages else 0
+        page = await client.call(
+            "history", {"chat_id": chat_id, "after_seq": after, "limit": 500}
+        )
+        messages.extend(page["messages"])
+        if not page["has_more"]:
+            return messages
+
+
 async def test_sigterm_mid_chat_loses_nothing(
     server: ServerProcess, clients: Clients
 ) -> None:
@@ -110,8 +123,7 @@ async def test_sigterm_mid_chat_loses_nothing(
     for client in (agent, visitor):
         await client.next("session", timeout=20)
     # The chat goes on, and the agent reads every acknowledged message once.
-    history = await agent.call("history", {"chat_id": chat_id, "limit": 500})
-    stored = [message["client_id"] for message in history["messages"]]
+    stored = [message["client_id"] for message in await read_all(agent, chat_id)]
     assert stored[: len(acked)] == [message["client_id"] for message in acked]
     assert len(stored) == len(set(stored))
     agent.drain("message")
