@@ -120,6 +120,15 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
             redis_options={"socket_connect_timeout": 2},
         )
         self.on_resubscribed: Callable[[], None] | None = None
+        self._listening = True
+
+    # NOTE: `_publish` is python-socketio's hook that sends to Redis. It logs
+    # two errors for every event it cannot send; while the subscriber knows
+    # Redis is away, events are not sent at all, since every node drops its
+    # sockets to resync once Redis is back.
+    async def _publish(self, data: Any) -> None:
+        if self._listening:
+            await super()._publish(data)
 
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
     # a minute and says nothing when it succeeds; this one is the same with
@@ -134,6 +143,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
                     subscribed = True
+                    self._listening = True
                     pause_s = RETRY_MIN_S
                     if failed:
                         failed = False
@@ -151,6 +161,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     )
                 subscribed = False
                 failed = True
+                self._listening = False
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
