@@ -42,6 +42,8 @@ Workloads and their options (defaults in brackets):
                 Each chat ping-pongs one message at a time between visitor and agent.
   relay-open    --chats C [1000] --rates R1,R2,... [500,2000] --step-s S [10] --max-chats M [10]
                 Sends R messages per second in total, on a schedule, for S seconds per rate.
+                Both relays print MEASURE_START and MEASURE_END on stderr around
+                each measured window (the relay, or one rate step with its drain).
   match         --visitors V [2000] --agents A [100] --capacity K [5]
                 Queues V visitors, then makes A agents ready at once and times the matching.
   storm         --chats C [1000] --max-chats M [10] --messages-before N [5]
