@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from targets import BENCH, ROOT, TARGET_CLASSES, Target, pinned, rss_bytes
+from targets import BENCH, ROOT, TARGET_CLASSES, Ours, Target, pinned, rss_bytes
 
 RESULTS = BENCH / "results"
 # Every socket is a file descriptor, and the largest workload opens 10,000 of
@@ -81,6 +81,8 @@ QUICK = Profile(
 
 
 WORKLOADS = ("idle", "relay_closed", "relay_open", "match", "storm")
+FULL_TARGETS = ("ours", "node", "raw", "ours2", "ours3")
+QUICK_TARGETS = ("ours", "node", "raw", "ours2")
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Run:
     workdir: Path
     workloads: frozenset[str] = frozenset(WORKLOADS)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What each target was (label, processes, database), and why it was
+    # skipped if it was.
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, target: Target, key: str, value: Any) -> None:
         self.results.setdefault(target.name, {})[key] = value
@@ -185,12 +190,12 @@ def bench_idle(run: Run, target: Target, count: int) -> None:
     target.start()
     try:
         time.sleep(1.0)
-        before = rss_bytes(target.pid)
+        before = sum(rss_bytes(pid) for pid in target.pids)
         sample: dict[str, int] = {}
 
         def measure() -> None:
             time.sleep(2.0)
-            sample["rss"] = rss_bytes(target.pid)
+            sample["rss"] = sum(rss_bytes(pid) for pid in target.pids)
 
         result = run_loadgen(
             target,
@@ -223,6 +228,61 @@ def bench_simple(
         target.stop()
 
 
+def bench_relay(
+    run: Run, target: Target, key: str, workload: str, options: list[str], agents: int
+) -> None:
+    """Run a relay workload and add the CPU time used in each measured window."""
+    tokens = target.prepare(agents)
+    target.start()
+    windows: list[dict[str, float]] = []
+    window_start: dict[str, float] = {}
+
+    def begin() -> None:
+        window_start.clear()
+        window_start.update(target.cpu_sample())
+
+    def end() -> None:
+        sample = target.cpu_sample()
+        windows.append(
+            {
+                part: round(seconds - window_start[part], 3)
+                for part, seconds in sample.items()
+                if part in window_start
+            }
+        )
+
+    try:
+        result = run_loadgen(
+            target,
+            workload,
+            options,
+            tokens,
+            on_signal={"MEASURE_START": begin, "MEASURE_END": end},
+        )
+        if workload == "relay-closed":
+            add_cpu(result, windows[:1], result.get("messages"))
+        else:
+            for step, window in zip(open_loop_steps(result), windows, strict=False):
+                add_cpu(step, [window], step.get("received"))
+        run.record(target, key, result)
+    finally:
+        target.stop()
+
+
+def add_cpu(
+    result: dict[str, Any], windows: list[dict[str, float]], messages: Any
+) -> None:
+    """Store a window's CPU seconds, and per message in microseconds, in `result`."""
+    if not windows:
+        return
+    result["cpu_s"] = windows[0]
+    if isinstance(messages, int) and messages > 0:
+        result["cpu_us_per_message"] = {
+            part: round(seconds / messages * 1e6, 1)
+            for part, seconds in windows[0].items()
+        }
+
+
 def bench_storm(run: Run, target: Target) -> None:
     # One chat per agent, so the storm has two sockets per chat.
     profile = run.profile
@@ -249,14 +309,27 @@ def bench_storm(run: Run, target: Target) -> None:
 
 
 def bench_target(run: Run, target: Target) -> None:
+    print(f"== {target.label}", file=sys.stderr)
+    run.targets[target.name] = target.describe()
+    reason = target.unavailable()
+    if reason is not None:
+        print(f"  {target.name:5} skipped: {reason}", file=sys.stderr)
+        run.targets[target.name]["skipped"] = reason
+        return
+    try:
+        bench_workloads(run, target, run.workloads)
+    finally:
+        target.release()
+
+
+def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None:
     profile = run.profile
     agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
-    print(f"== {target.label}", file=sys.stderr)
-    if "idle" in run.workloads:
+    if "idle" in workloads:
         for count in profile.idle_counts:
             bench_idle(run, target, count)
-    if "relay_closed" in run.workloads:
-        bench_simple(
+    if "relay_closed" in workloads:
+        bench_relay(
             run,
             target,
             "relay_closed",
@@ -271,8 +344,8 @@ def bench_target(run: Run, target: Target) -> None:
             ],
             agents_for(profile.relay_pairs),
         )
-    if "relay_open" in run.workloads:
-        bench_simple(
+    if "relay_open" in workloads:
+        bench_relay(
             run,
             target,
             "relay_open",
@@ -289,7 +362,7 @@ def bench_target(run: Run, target: Target) -> None:
             ],
             agents_for(profile.open_chats),
         )
-    if "match" in run.workloads:
+    if "match" in workloads:
         bench_simple(
             run,
             target,
@@ -305,7 +378,7 @@ def bench_target(run: Run, target: Target) -> None:
             ],
             profile.match_agents,
         )
-    if "storm" in run.workloads:
+    if "storm" in workloads:
         bench_storm(run, target)
 
 
@@ -348,6 +421,21 @@ def figures(
         ),
         ("closed-loop relay, messages/s", "relay_closed.messages_per_s", True),
         ("closed-loop relay p99, ms", "relay_closed.latency_ms.p99", False),
+        (
+            "closed-loop relay CPU per message, server processes, us",
+            "relay_closed.cpu_us_per_message.server",
+            False,
+        ),
+        (
+            "closed-loop relay CPU per message, Redis, us",
+            "relay_closed.cpu_us_per_message.redis",
+            False,
+        ),
+        (
+            "closed-loop relay CPU per message, PostgreSQL, us",
+            "relay_closed.cpu_us_per_message.postgresql",
+            False,
+        ),
         ("highest open-loop rate with p99 < 50 ms, msg/s", "open.highest_rate", True),
         ("open-loop p99 at 2,000 msg/s, ms", "open.p99_at_2000", False),
         ("match all slots, s", "match.match_s", False),
@@ -387,14 +475,22 @@ def ratio(ours: Any, peer: Any) -> str:
 
 def table(run: Run, names: list[str]) -> tuple[str, list[dict[str, Any]]]:
     rows = []
-    header = ["figure", *names, "ours/node"]
+    # Ours against Node.js, and each cluster against one process of ours.
+    pairs = [("ours", "node")] + [
+        (name, "ours")
+        for name in names
+        if run.targets.get(name, {}).get("processes", 1) > 1
+    ]
+    header = ["figure", *names, *(f"{top}/{bottom}" for top, bottom in pairs)]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for label, path, higher_better in figures(run.results, run.profile):
         values = {name: lookup(run.results.get(name, {}), path) for name in names}
         row = {"figure": label, "higher_is_better": higher_better, **values}
-        row["ours_over_node"] = ratio(values.get("ours"), values.get("node"))
+        ratios = [ratio(values.get(top), values.get(bottom)) for top, bottom in pairs]
+        for (top, bottom), value in zip(pairs, ratios, strict=True):
+            row[f"{top}_over_{bottom}"] = value
         rows.append(row)
-        cells = [label, *(str(values[name]) for name in names), row["ours_over_node"]]
+        cells = [label, *(str(values[name]) for name in names), *ratios]
         lines.append(" | ".join(cells))
     return "\n".join(lines), rows
 
@@ -453,7 +549,10 @@ def main() -> int:
         "--quick", action="store_true", help="short workloads, under two minutes"
     )
     parser.add_argument(
-        "--targets", default="ours,node,raw", help="comma-separated: ours, node, raw"
+        "--targets",
+        help="comma-separated: ours, node, raw, and ours2 and ours3 (our server"
+        " as 2 or 3 processes that share PostgreSQL and Redis; skipped when"
+        " those are unreachable). Default: all of them, and no ours3 with --quick",
     )
     parser.add_argument(
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"
@@ -479,7 +578,15 @@ def main() -> int:
     limit = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit), hard))
 
-    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    # ours3 would take --quick past two minutes.
+    default_targets = QUICK_TARGETS if args.quick else FULL_TARGETS
+    targets = args.targets or ",".join(default_targets)
+    names = [name.strip() for name in targets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TARGET_CLASSES]
+    if unknown:
+        parser.error(
+            f"unknown target in --targets: {unknown}; use {', '.join(TARGET_CLASSES)}"
+        )
     profile = QUICK if args.quick else FULL
     if args.storm_chats:
         profile = replace(profile, storm_chats=args.storm_chats)
@@ -499,6 +606,7 @@ def main() -> int:
         "machine": machine(),
         "duration_s": round(time.monotonic() - started, 1),
         "figures": rows,
+        "targets": run.targets,
         "results": run.results,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -509,8 +617,10 @@ def main() -> int:
     # misrouted messages, broken matching rules) fails the run. The open-loop
     # relay is left out: it is meant to push past what a machine can take.
     failed = [
-        key
-        for key, result in run.results.get("ours", {}).items()
+        f"{name} {key}"
+        for name in names
+        if issubclass(TARGET_CLASSES[name], Ours)
+        for key, result in run.results.get(name, {}).items()
         if key != "relay_open" and not result.get("ok")
     ]
     if failed:
