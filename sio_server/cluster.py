@@ -31,15 +31,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from socket import gethostname
 from typing import Any, cast
 
 import redis.asyncio as redis
 import socketio
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from .config import Settings
+from .errors import ServerBusy
 from .presence import Connection, People, PersonKey, Presence
 from .socket_server import ChatManager, OrjsonCodec
 
@@ -52,6 +53,11 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 4.0
 # Queue changes within this window go to the other nodes as one notice.
 QUEUE_NOTICE_DELAY_S = 0.05
+# A lock expires this long after it was taken, in case its node dies holding
+# it; a node waits at most LOCK_WAIT_S for it, trying every LOCK_POLL_S.
+LOCK_TTL_S = 15.0
+LOCK_WAIT_S = 10.0
+LOCK_POLL_S = 0.005
 
 _ADD = """
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -370,6 +376,46 @@ class RedisPeople(People):
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
             return self.local.is_online(key)
+
+    # Locks
+
+    @asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[None]:
+        """Hold `name` in this process, then in Redis for the whole cluster.
+
+        The local lock comes first, so at most one task per node polls
+        Redis for a lock. While Redis is unreachable the local lock alone
+        is held, as if this node were alone.
+        """
+        async with self._locks.hold(name):
+            shared = self._redis.lock(
+                f"{self._prefix}lock:{name}",
+                timeout=LOCK_TTL_S,
+                sleep=LOCK_POLL_S,
+                blocking_timeout=LOCK_WAIT_S,
+            )
+            try:
+                acquired = await shared.acquire()
+            except (RedisError, OSError) as exc:
+                self._unreachable(exc)
+                yield
+                return
+            if not acquired:
+                logger.warning(
+                    "lock %s still held elsewhere after %.0f s", name, LOCK_WAIT_S
+                )
+                raise ServerBusy(
+                    f"{name.split(':')[0]} is busy on another server: retry shortly"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    await shared.release()
+                except LockError:
+                    logger.warning("lock %s expired before its holder finished", name)
+                except (RedisError, OSError) as exc:
+                    self._unreachable(exc)
 
     # Grace periods
 
