@@ -377,6 +377,14 @@ class RedisPeople(People):
             self._unreachable(exc)
             return self.local.is_online(key)
 
+    async def shared_state(self) -> str:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc)
+            return "unreachable"
+        return "ok"
+
     # Locks
 
     @asynccontextmanager

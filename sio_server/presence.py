@@ -170,6 +170,10 @@ class People(ABC):
     @abstractmethod
     async def cancel_grace(self, key: PersonKey) -> None: ...
 
+    async def shared_state(self) -> str | None:
+        """Say whether the state shared between nodes is reachable: None alone."""
+        return None
+
     def lock(self, name: str) -> AbstractAsyncContextManager[None]:
         """Hold the lock `name` (a chat's or a person's) on every node."""
         return self._locks.hold(name)
