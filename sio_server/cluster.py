@@ -2,7 +2,7 @@
 
 python-socketio's `AsyncRedisManager` carries emits, room changes and
 disconnects between the nodes. `RedisPeople` keeps who is connected where, so
-that any node can answer "is this person online?" and a grace period fires
+that any node can tell whether a person is online, and a grace period fires
 once in the cluster. The keys, each under `CHAT_CLUSTER_NAME` and a colon:
 
 - `person:ROLE:ID`: a set of the person's sids, on every node;
@@ -31,15 +31,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from socket import gethostname
 from typing import Any, cast
 
 import redis.asyncio as redis
 import socketio
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from .config import Settings
+from .errors import ServerBusy
 from .presence import Connection, People, PersonKey, Presence
 from .socket_server import ChatManager, OrjsonCodec
 
@@ -52,6 +53,11 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 4.0
 # Queue changes within this window go to the other nodes as one notice.
 QUEUE_NOTICE_DELAY_S = 0.05
+# A lock expires this long after it was taken, in case its node dies holding
+# it. A node waits at most LOCK_WAIT_S for a lock and tries every LOCK_POLL_S.
+LOCK_TTL_S = 15.0
+LOCK_WAIT_S = 10.0
+LOCK_POLL_S = 0.005
 
 _ADD = """
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -123,8 +129,8 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         self._listening = True
 
     # NOTE: `_publish` is python-socketio's hook that sends to Redis. It logs
-    # two errors for every event it cannot send; while the subscriber knows
-    # Redis is away, events are not sent at all, since every node drops its
+    # two errors for every event it cannot send. While the subscriber has
+    # lost Redis, events are not sent at all, because every node drops its
     # sockets to resync once Redis is back.
     async def _publish(self, data: Any) -> None:
         if self._listening:
@@ -217,6 +223,7 @@ class RedisPeople(People):
         self._queue_notice: asyncio.TimerHandle | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopped = False
 
     def _alive_key(self, node_id: str) -> str:
         return f"{self._prefix}node:{node_id}:alive"
@@ -299,6 +306,7 @@ class RedisPeople(People):
         await self._on_gone([_key(member) for member in gone])
 
     async def stop(self) -> None:
+        self.stopped = True
         for task in self._loops:
             task.cancel()
         for task in [*self._loops, *self._tasks]:
@@ -370,6 +378,54 @@ class RedisPeople(People):
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
             return self.local.is_online(key)
+
+    async def shared_state(self) -> str:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc)
+            return "unreachable"
+        return "ok"
+
+    # Locks
+
+    @asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[None]:
+        """Hold `name` in this process, then in Redis for the whole cluster.
+
+        The local lock comes first, so at most one task per node polls
+        Redis for a lock. While Redis is unreachable the local lock alone
+        is held, as if this node were alone.
+        """
+        async with self._locks.hold(name):
+            shared = self._redis.lock(
+                f"{self._prefix}lock:{name}",
+                timeout=LOCK_TTL_S,
+                sleep=LOCK_POLL_S,
+                blocking_timeout=LOCK_WAIT_S,
+            )
+            try:
+                acquired = await shared.acquire()
+            except (RedisError, OSError) as exc:
+                self._unreachable(exc)
+                yield
+                return
+            if not acquired:
+                logger.warning(
+                    "lock %s still held elsewhere after %.0f s", name, LOCK_WAIT_S
+                )
+                raise ServerBusy(
+                    f"{name.split(':')[0]} is busy on another server: retry shortly"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    await shared.release()
+                except LockError:
+                    logger.warning("lock %s expired before its holder finished", name)
+                except (RedisError, OSError) as exc:
+                    self._unreachable(exc)
 
     # Grace periods
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -139,6 +139,7 @@ class People(ABC):
 
     def __init__(self, local: Presence) -> None:
         self.local = local
+        self._locks = KeyedLocks()
 
     async def start(self) -> bool:
         """Begin; True when no other node is running, as after a full restart."""
@@ -168,6 +169,18 @@ class People(ABC):
 
     @abstractmethod
     async def cancel_grace(self, key: PersonKey) -> None: ...
+
+    async def shared_state(self) -> str | None:
+        """Say whether the state shared between nodes is reachable: None alone."""
+        return None
+
+    def lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock `name` (a chat's or a person's) on every node."""
+        return self._locks.hold(name)
+
+    def lock_count(self) -> int:
+        """Count the locks held or awaited in this process."""
+        return len(self._locks)
 
     @abstractmethod
     def queue_changed(self) -> None:

@@ -52,7 +52,6 @@ from .models import (
 from .presence import (
     CoalescedRunner,
     Connection,
-    KeyedLocks,
     LocalPeople,
     People,
     PersonKey,
@@ -143,9 +142,6 @@ class ChatService:
         )
         self._departments = [item.to_wire() for item in settings.departments]
         self.presence = Presence(self._on_grace_expired)
-        self._chat_locks = KeyedLocks()
-        # Serialises a person's connects with the end of their grace period.
-        self._person_locks = KeyedLocks()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -362,7 +358,7 @@ class ChatService:
         # first, so the session never shows a chat that has just ended.
         chat = None
         if known:
-            async with self._person_locks.hold(f"visitor:{visitor.id}"):
+            async with self.people.lock(f"visitor:{visitor.id}"):
                 chat = await self.store.open_chat_of_visitor(visitor.id)
                 if chat is not None:
                     await self.sio.enter_room(sid, chat_room(chat.id))
@@ -442,7 +438,7 @@ class ChatService:
 
         # A grace expiry that is requeueing this agent's chats finishes first;
         # the agent then comes back away, with no chats.
-        async with self._person_locks.hold(f"agent:{agent.id}"):
+        async with self.people.lock(f"agent:{agent.id}"):
             if first:
                 await self.store.set_agent_connected(agent.id, True)
                 self._agents_changed()
@@ -671,7 +667,7 @@ class ChatService:
         if payload.name is not None:
             connection.name = payload.name
         connection.email = payload.email
-        async with self._person_locks.hold(f"visitor:{connection.person_id}"):
+        async with self.people.lock(f"visitor:{connection.person_id}"):
             chat = await self.store.leave_message(
                 _visitor_of(connection),
                 department=payload.department,
@@ -892,11 +888,14 @@ class ChatService:
         old_agent = connection.person_id
         agents = {old_agent} | ({payload.agent_id} if payload.agent_id else set())
         people = sorted(f"agent:{agent_id}" for agent_id in agents)
-        async with self._chat_locks.hold(payload.chat_id), AsyncExitStack() as stack:
+        async with (
+            self.people.lock(f"chat:{payload.chat_id}"),
+            AsyncExitStack() as stack,
+        ):
             # Hold both agents' connects back, so a socket that connects right
             # now enters the rooms of the chats it has after the transfer.
             for person in people:
-                await stack.enter_async_context(self._person_locks.hold(person))
+                await stack.enter_async_context(self.people.lock(person))
             if payload.agent_id is not None:
                 chat = await self.store.transfer_to_agent(
                     payload.chat_id, old_agent, payload.agent_id
@@ -997,7 +996,7 @@ class ChatService:
         require_role(connection, "agent", "note")
         # Under the chat lock, so a concurrent transfer stores its snapshot
         # either before or after the note, and the new agent gets every note.
-        async with self._chat_locks.hold(payload.chat_id):
+        async with self.people.lock(f"chat:{payload.chat_id}"):
             chat = await self._authorized_chat(connection, payload.chat_id)
             sender = Sender("agent", connection.person_id, connection.name)
             note, created = await self.store.add_note(
@@ -1034,7 +1033,7 @@ class ChatService:
         if agent is None:
             raise Unauthorized("agent token names an unknown agent")
         sender = Sender("agent", agent.id, agent.name)
-        async with self._chat_locks.hold(chat_id):
+        async with self.people.lock(f"chat:{chat_id}"):
             message, created = await self.store.reply_to_missed(
                 chat_id, sender, text, client_id or _text_client_id("reply", text)
             )
@@ -1072,7 +1071,7 @@ class ChatService:
     async def _post_message(
         self, connection: Connection, chat_id: str, text: str, client_id: str
     ) -> Message:
-        async with self._chat_locks.hold(chat_id):
+        async with self.people.lock(f"chat:{chat_id}"):
             # The store checks that the sender belongs to the chat.
             sender = Sender(side_of(connection), connection.person_id, connection.name)
             message, created = await self.store.add_message(
@@ -1148,7 +1147,7 @@ class ChatService:
     async def end_chat(
         self, connection: Connection, payload: schemas.EndChat
     ) -> dict[str, Any]:
-        async with self._chat_locks.hold(payload.chat_id):
+        async with self.people.lock(f"chat:{payload.chat_id}"):
             chat = await self._authorized_chat(connection, payload.chat_id)
             if chat.closed:
                 raise WrongState(f"chat {chat.id!r} has already ended")
@@ -1215,7 +1214,7 @@ class ChatService:
         agent_id = assigned.agent_id
         assert agent_id is not None
         room = chat_room(assigned.id)
-        async with self._chat_locks.hold(assigned.id):
+        async with self.people.lock(f"chat:{assigned.id}"):
             # The visitor may have ended the chat between the assignment and
             # this lock. The agent then gets no event for it at all.
             chat = await self.store.get_chat(assigned.id)
@@ -1315,8 +1314,7 @@ class ChatService:
         """
         return {
             "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
-            "chat_locks": len(self._chat_locks),
-            "person_locks": len(self._person_locks),
+            "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),
             "grace_timers": self.people.timer_count(),
@@ -1362,7 +1360,7 @@ class ChatService:
         if settings.queue_timeout_s:
             cutoff = format_time(now - timedelta(seconds=settings.queue_timeout_s))
             for chat in await self.store.miss_waiting(cutoff):
-                async with self._chat_locks.hold(chat.id):
+                async with self.people.lock(f"chat:{chat.id}"):
                     await self._announce_end(chat)
         if settings.agent_reply_timeout_s:
             cutoff = format_time(
@@ -1375,12 +1373,12 @@ class ChatService:
                 now - timedelta(seconds=settings.visitor_idle_timeout_s)
             )
             for chat in await self.store.end_inactive(cutoff):
-                async with self._chat_locks.hold(chat.id):
+                async with self.people.lock(f"chat:{chat.id}"):
                     await self._announce_end(chat)
 
     async def _take_back(self, chat: Chat, agent_id: str, reason: str) -> None:
         """Tell both sides that a requeued chat left its agent."""
-        async with self._chat_locks.hold(chat.id):
+        async with self.people.lock(f"chat:{chat.id}"):
             await self._hand_over(chat, agent_id, reason)
         self.metrics.chat_events.labels("requeued").inc()
         logger.info(
@@ -1400,13 +1398,13 @@ class ChatService:
             await self._agent_left(person_id)
 
     async def _visitor_left(self, visitor_id: str) -> None:
-        async with self._person_locks.hold(f"visitor:{visitor_id}"):
+        async with self.people.lock(f"visitor:{visitor_id}"):
             if await self.people.is_online(("visitor", visitor_id)):
                 return
             chat = await self.store.open_chat_of_visitor(visitor_id)
             if chat is None:
                 return
-            async with self._chat_locks.hold(chat.id):
+            async with self.people.lock(f"chat:{chat.id}"):
                 current = await self.store.get_chat(chat.id)
                 if current is None or current.status == "ended":
                     return
@@ -1418,13 +1416,13 @@ class ChatService:
         `signed_out` means the agent's sockets are being disconnected and
         cannot come back, even if some on other nodes still count as online.
         """
-        async with self._person_locks.hold(f"agent:{agent_id}"):
+        async with self.people.lock(f"agent:{agent_id}"):
             if not signed_out and await self.people.is_online(("agent", agent_id)):
                 return
             chats = await self.store.requeue_agent_chats(agent_id)
             self._agents_changed()
         for chat in chats:
-            async with self._chat_locks.hold(chat.id):
+            async with self.people.lock(f"chat:{chat.id}"):
                 room = chat_room(chat.id)
                 for sid in await self.people.sockets(("agent", agent_id)):
                     await self.sio.leave_room(sid, room)
