@@ -81,7 +81,7 @@ QUICK = Profile(
     match_capacity=5,
     storm_chats=200,
     # Enough to run the cluster's setup and cross-node relay in CI, within
-    # the two minutes of the quick run.
+    # the two minutes of the quick run. --workloads replaces this.
     cluster_workloads=("idle", "relay_closed"),
 )
 
@@ -561,8 +561,8 @@ def main() -> int:
         "--targets",
         help="comma-separated: ours, node, raw, and ours2 and ours3 (our server"
         " as 2 or 3 processes that share PostgreSQL and Redis; skipped when"
-        " those are unreachable). Default: all of them; with --quick, no ours3,"
-        " and ours2 runs idle and relay_closed only",
+        " those are unreachable). Default: all of them, except ours3 with"
+        " --quick",
     )
     parser.add_argument(
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"
@@ -574,11 +574,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
-        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+        help="comma-separated subset of: " + ", ".join(WORKLOADS) + ". Default:"
+        " all of them, except that ours2 runs idle and relay_closed only with"
+        " --quick",
     )
     args = parser.parse_args()
-    workloads = frozenset(name.strip() for name in args.workloads.split(","))
+    requested = args.workloads or ",".join(WORKLOADS)
+    workloads = frozenset(name.strip() for name in requested.split(","))
     if not workloads <= set(WORKLOADS):
         parser.error(
             f"unknown workload in --workloads: {sorted(workloads - set(WORKLOADS))}"
@@ -601,6 +603,8 @@ def main() -> int:
     profile = QUICK if args.quick else FULL
     if args.storm_chats:
         profile = replace(profile, storm_chats=args.storm_chats)
+    if args.workloads:
+        profile = replace(profile, cluster_workloads=WORKLOADS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
