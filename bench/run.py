@@ -264,27 +264,24 @@ def bench_relay(
             tokens,
             on_signal={"MEASURE_START": begin, "MEASURE_END": end},
         )
-        if workload == "relay-closed":
-            add_cpu(result, windows[:1], result.get("messages"))
-        else:
+        # The generator reports a step only after its window ends, so the
+        # windows and the steps match one to one, in order.
+        if workload == "relay-closed" and windows:
+            add_cpu(result, windows[0], result.get("messages"))
+        elif workload == "relay-open":
             for step, window in zip(open_loop_steps(result), windows, strict=False):
-                add_cpu(step, [window], step.get("received"))
+                add_cpu(step, window, step.get("received"))
         run.record(target, key, result)
     finally:
         target.stop()
 
 
-def add_cpu(
-    result: dict[str, Any], windows: list[dict[str, float]], messages: Any
-) -> None:
+def add_cpu(result: dict[str, Any], window: dict[str, float], messages: Any) -> None:
     """Store a window's CPU seconds, and per message in microseconds, in `result`."""
-    if not windows:
-        return
-    result["cpu_s"] = windows[0]
+    result["cpu_s"] = window
     if isinstance(messages, int) and messages > 0:
         result["cpu_us_per_message"] = {
-            part: round(seconds / messages * 1e6, 1)
-            for part, seconds in windows[0].items()
+            part: round(seconds / messages * 1e6, 1) for part, seconds in window.items()
         }
 
 
