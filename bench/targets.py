@@ -205,9 +205,9 @@ class Ours(Target):
         return env
 
     def prepare(self, agents: int) -> list[str]:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
         from sio_server.config import Settings, ensure_secret_key
 
+        shutil.rmtree(self.data_dir, ignore_errors=True)
         settings = ensure_secret_key(Settings(data_dir=self.data_dir))
         return asyncio.run(
             create_agents(settings.effective_database_url, settings.secret_key, agents)
@@ -264,7 +264,7 @@ async def run_postgres(statement: str) -> None:
 
 
 async def postgres_backend_pids(database: str) -> list[int]:
-    """Return the process ids of the server processes serving `database`."""
+    """Return the ids of the PostgreSQL backend processes connected to `database`."""
     import asyncpg
 
     connection = await asyncpg.connect(f"{POSTGRES_URL}/postgres", timeout=5)
@@ -375,7 +375,8 @@ class Cluster(Ours):
         if self.database_name:
             # NOTE: a connection opened inside a window adds the CPU time it
             # used before the window started, and one closed inside it is not
-            # counted. The store keeps its connections open, so both are rare.
+            # counted. The store's connection pool keeps its connections open
+            # between queries, so both are rare.
             total = 0.0
             for pid in asyncio.run(postgres_backend_pids(self.database_name)):
                 # A connection may close between the query and the read.
