@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
@@ -237,6 +239,10 @@ async def create_agents(database_url: str, secret_key: str, count: int) -> list[
     return tokens
 
 
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+
+
 def postgres_backend_available() -> bool:
     """Tell whether this checkout's store has a PostgreSQL backend."""
     from sio_server.errors import ConfigError
@@ -316,10 +322,9 @@ class Cluster(Ours):
         return env
 
     def unavailable(self) -> str | None:
-        import redis
-
         try:
-            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+            with redis_client() as client:
+                client.ping()
         except redis.RedisError as exc:
             return f"Redis at {REDIS_URL} is unreachable: {exc}"
         if self.database == "postgresql":
@@ -353,12 +358,11 @@ class Cluster(Ours):
             )
             self.database_name = ""
         if self.cluster_name:
-            import redis
-
-            client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-            keys = list(client.scan_iter(match=f"{self.cluster_name}:*", count=1000))
-            if keys:
-                client.delete(*keys)
+            with redis_client() as client:
+                pattern = f"{self.cluster_name}:*"
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                if keys:
+                    client.delete(*keys)
             self.cluster_name = ""
 
     def cpu_sample(self) -> dict[str, float]:
@@ -367,10 +371,9 @@ class Cluster(Ours):
         Redis reports its own CPU time, which includes the work it did for
         every other client of the same Redis server.
         """
-        import redis
-
         sample = super().cpu_sample()
-        info = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).info("cpu")
+        with redis_client() as client:
+            info = client.info("cpu")
         sample["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
         if self.database_name:
             # NOTE: a connection opened inside a window adds the CPU time it
