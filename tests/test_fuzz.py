@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.database import fetch_many, run_sync
 from tests.support import ChatClient, Clients, ServerProcess, matched_pair
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -95,24 +94,20 @@ def payloads(ids: list[str]) -> st.SearchStrategy[Any]:
     return st.one_of(fields, json_values)
 
 
-def snapshot(db_path: Path, skip_chat: str) -> list[Any]:
+def snapshot(database_url: str, skip_chat: str) -> list[Any]:
     """Return every stored row except those of the unrelated chat, which grows."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rows: list[Any] = []
+    queries: list[tuple[str, tuple[str, ...]]] = [
+        (f"SELECT * FROM {table} WHERE {condition} ORDER BY 1, 2", (skip_chat,))
         for table, condition in (
-            ("chats", "id != ?"),
-            ("messages", "chat_id != ?"),
-            ("read_marks", "chat_id != ?"),
-            ("notes", "chat_id != ?"),
-        ):
-            query = f"SELECT * FROM {table} WHERE {condition} ORDER BY 1, 2"
-            rows.append(db.execute(query, (skip_chat,)).fetchall())
-        for table in ("visitors", "agents", "canned_responses", "audit_log"):
-            rows.append(db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall())
-        return rows
-    finally:
-        db.close()
+            ("chats", "id != $1"),
+            ("messages", "chat_id != $1"),
+            ("read_marks", "chat_id != $1"),
+            ("notes", "chat_id != $1"),
+        )
+    ]
+    for table in ("visitors", "agents", "canned_responses", "audit_log"):
+        queries.append((f"SELECT * FROM {table} ORDER BY 1", ()))
+    return list(run_sync(fetch_many(database_url, queries)))
 
 
 async def chat_steadily(
@@ -156,7 +151,7 @@ async def run_fuzz(server: ServerProcess, loop: asyncio.AbstractEventLoop) -> No
     stop = asyncio.Event()
     sent: list[str] = []
     steady = loop.create_task(chat_steadily(bystander, bystander_chat, stop, sent))
-    db_path = server.data_dir / "chat.sqlite3"
+    database_url = server.database_url
     outcomes = {"accepted": 0, "rejected": 0}
     batch = st.lists(
         st.tuples(
@@ -176,7 +171,7 @@ async def run_fuzz(server: ServerProcess, loop: asyncio.AbstractEventLoop) -> No
     )
     @given(batch)
     def check(calls: list[tuple[int, str, Any]]) -> None:
-        before = snapshot(db_path, bystander_chat)
+        before = snapshot(database_url, bystander_chat)
         replies = asyncio.run_coroutine_threadsafe(
             send_batch(fuzzers, calls), loop
         ).result(30)
@@ -190,7 +185,7 @@ async def run_fuzz(server: ServerProcess, loop: asyncio.AbstractEventLoop) -> No
         for reply in replies:
             outcomes["accepted" if reply["ok"] else "rejected"] += 1
         if not any(reply["ok"] for reply in replies):
-            assert snapshot(db_path, bystander_chat) == before, calls
+            assert snapshot(database_url, bystander_chat) == before, calls
 
     # Hypothesis runs the examples in a thread while this loop serves the
     # clients.
