@@ -21,6 +21,7 @@ from sio_server.errors import Forbidden, NotFound, TransferRejected, WrongState
 from sio_server.models import Chat, Sender, Visitor, new_id, utc_now
 from sio_server.store import PostgresStore, SQLiteStore, Store, create_store
 from sio_server.store.migrations import load_migrations
+from sio_server.store.postgres import _escape_text, _unescape_text
 from sio_server.store.sqlite import _split_sql
 from tests.database import (
     BACKENDS,
@@ -563,3 +564,40 @@ async def test_leave_message_races_assignment(stores: list[Store]) -> None:
     else:
         assert results[0] == []
         assert stored.status == "missed"
+
+
+async def test_control_characters_round_trip(store: Store) -> None:
+    """U+0000 and U+0001, which PostgreSQL stores escaped, come back as sent."""
+    chat_id, visitor, agent = await active_chat(store)
+    texts = ["a\x00b", "\x01", "\x01\x01", "\x00\x01\x02", "x\x01\x02y"]
+    for n, text in enumerate(texts):
+        message, created = await store.add_message(chat_id, visitor, text, f"c\x00{n}")
+        assert created
+        assert message.text == text
+    again, created = await store.add_message(chat_id, visitor, "other", "c\x001")
+    assert created is False
+    assert again.text == texts[1]
+    messages, _ = await store.list_messages(chat_id)
+    assert [m.text for m in messages[1:]] == texts
+    await store.add_note(chat_id, agent, "note\x00", "n\x01")
+    notes = await store.list_notes(chat_id)
+    assert [(n.text, n.client_id) for n in notes] == [("note\x00", "n\x01")]
+    with pytest.raises(NotFound):
+        await store.add_message("chat\x00", visitor, "x", "y")
+    assert await store.get_chat("\x00") is None
+
+
+@pytest.mark.parametrize(
+    "strings",
+    [
+        ["", "\x00", "\x01", "\x02", "a"],
+        ["\x00\x00", "\x00\x01", "\x01\x00", "\x01\x01", "\x01\x02"],
+        ["a\x00", "a\x00b", "a\x01", "ab", "\x7f", "é"],
+    ],
+)
+def test_text_escape_keeps_order(strings: list[str]) -> None:
+    assert sorted(strings) == strings
+    escaped = [_escape_text(value) for value in strings]
+    assert all("\x00" not in value for value in escaped)
+    assert [_unescape_text(value) for value in escaped] == strings
+    assert sorted(escaped, key=lambda v: v.encode()) == escaped

@@ -25,7 +25,9 @@ methods follow these rules:
   the same moment apply each migration once.
 
 Times are ISO 8601 strings, as in the SQLite store, and text columns use the
-"C" collation, so comparisons and sort orders match SQLite's.
+"C" collation, so comparisons and sort orders match SQLite's. PostgreSQL text
+cannot contain U+0000, which SQLite stores, so a codec on every connection
+escapes it (see `_escape_text`).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class PostgresStore(Store):
                 self._dsn,
                 min_size=POOL_MIN_SIZE,
                 max_size=POOL_MAX_SIZE,
+                init=_set_text_codec,
                 reset=_keep_session,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -1012,6 +1015,41 @@ def describe_dsn(dsn: str) -> str:
     host = parts.hostname or "localhost"
     port = parts.port or 5432
     return f"{host}:{port}{parts.path or '/'}"
+
+
+def _escape_text(value: str) -> str:
+    """Write U+0000 as U+0001 U+0001 and U+0001 as U+0001 U+0002.
+
+    PostgreSQL text cannot contain U+0000. The mapping is one to one and
+    keeps byte order, since U+0001 sorts below every character but U+0000,
+    so equality, ORDER BY and comparisons in SQL give the results that the
+    unescaped strings would.
+    """
+    if "\x00" in value or "\x01" in value:
+        return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
+    return value
+
+
+def _unescape_text(value: str) -> str:
+    if "\x01" in value:
+        return value.replace("\x01\x01", "\x00").replace("\x01\x02", "\x01")
+    return value
+
+
+async def _set_text_codec(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Escape text parameters and unescape text results on `connection`.
+
+    NOTE: asyncpg applies the codec to scalar text only, not to elements of
+    text[]. The arrays here carry ids and department names, which input
+    validation keeps free of U+0000.
+    """
+    await connection.set_type_codec(
+        "text",
+        schema="pg_catalog",
+        encoder=_escape_text,
+        decoder=_unescape_text,
+        format="text",
+    )
 
 
 async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:

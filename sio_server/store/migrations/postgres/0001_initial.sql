@@ -41,7 +41,8 @@ CREATE TABLE chats (
     status       TEXT COLLATE "C" NOT NULL CONSTRAINT chats_status_check
                  CHECK (status IN ('queued', 'active', 'ended')),
     department   TEXT COLLATE "C",
-    metadata     JSONB,
+    -- json, not jsonb, because jsonb rejects the escape \u0000 in strings.
+    metadata     JSON,
     -- Lower ranks are served first; a requeued chat gets a rank below all others.
     queue_rank   BIGINT,
     last_seq     INTEGER NOT NULL DEFAULT 0,
