@@ -443,6 +443,20 @@ async def test_concurrent_opens_make_one_chat(stores: list[Store]) -> None:
     assert await stores[0].count_queued() == 1
 
 
+async def test_concurrent_joins_queue_in_time_order(stores: list[Store]) -> None:
+    await outcomes(
+        [
+            stores[n % PROCESSES].open_chat(
+                new_visitor(), department=None, metadata=None, first_message=None
+            )
+            for n in range(24)
+        ]
+    )
+    times = [entry.queued_at for entry in await stores[0].queue_entries()]
+    assert len(times) == 24
+    assert times == sorted(times)
+
+
 async def test_assignment_bursts_respect_capacity(stores: list[Store]) -> None:
     """Joins and assignments from every store at once: no chat twice, no agent full."""
     agent_ids = [

@@ -21,7 +21,11 @@ methods follow these rules:
   about than row locks on every agent and chat involved, and these paths are
   short. Transactions that do not take it lock at most one chat row, so
   their row locks cannot form a deadlock with each other or with it.
-- Migrations run under a second advisory lock, so processes that start at
+- A new chat joins the queue under a second advisory lock, held until
+  commit, which takes its creation time and its queue rank. Queue order,
+  creation times and commit order then agree, as with SQLite's single
+  writer, so an assignment never sees a chat without the older ones.
+- Migrations run under a third advisory lock, so processes that start at
   the same moment apply each migration once.
 
 Times are ISO 8601 strings, as in the SQLite store, and text columns use the
@@ -95,6 +99,7 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 # the same database.
 MIGRATION_LOCK = 7_310_001
 ASSIGNMENT_LOCK = 7_310_002
+QUEUE_LOCK = 7_310_003
 
 # Connections per server process. PostgreSQL allows 100 connections by
 # default (max_connections), which leaves room for several processes.
@@ -421,6 +426,7 @@ class PostgresStore(Store):
             )
             if existing is not None:
                 return _chat(existing), False
+            await db.execute("SELECT pg_advisory_xact_lock($1)", QUEUE_LOCK)
             chat_id, now = new_id(), utc_now()
             await db.execute(
                 "INSERT INTO chats (id, visitor_id, status, department, metadata,"
