@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -110,6 +111,17 @@ def snapshot(database_url: str, skip_chat: str) -> list[Any]:
     return list(run_sync(fetch_many(database_url, queries)))
 
 
+def settle(database_url: str, skip_chat: str, last: list[Any]) -> list[Any]:
+    """Return a snapshot once two reads 50 ms apart agree, within 2 seconds."""
+    for _ in range(40):
+        time.sleep(0.05)
+        current = snapshot(database_url, skip_chat)
+        if current == last:
+            break
+        last = current
+    return last
+
+
 async def chat_steadily(
     visitor: ChatClient, chat_id: str, stop: asyncio.Event, sent: list[str]
 ) -> None:
@@ -153,6 +165,8 @@ async def run_fuzz(server: ServerProcess, loop: asyncio.AbstractEventLoop) -> No
     steady = loop.create_task(chat_steadily(bystander, bystander_chat, stop, sent))
     database_url = server.database_url
     outcomes = {"accepted": 0, "rejected": 0}
+    # Accepted replies counted when the stored rows last stopped changing.
+    settled_after = {"accepted": 0}
     batch = st.lists(
         st.tuples(
             st.integers(min_value=0, max_value=2),
@@ -172,6 +186,11 @@ async def run_fuzz(server: ServerProcess, loop: asyncio.AbstractEventLoop) -> No
     @given(batch)
     def check(calls: list[tuple[int, str, Any]]) -> None:
         before = snapshot(database_url, bystander_chat)
+        if outcomes["accepted"] > settled_after["accepted"]:
+            # An accepted call may have started a background match, which
+            # must not count against this batch.
+            before = settle(database_url, bystander_chat, before)
+            settled_after["accepted"] = outcomes["accepted"]
         replies = asyncio.run_coroutine_threadsafe(
             send_batch(fuzzers, calls), loop
         ).result(30)
