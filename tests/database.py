@@ -52,7 +52,7 @@ def using_postgres() -> bool:
 
 
 async def create_postgres_database() -> str:
-    """Create an empty database and return its URL; skip when there is no server.
+    """Create an empty database and return its URL, or skip the test without a server.
 
     With `CHAT_REQUIRE_SERVICES=1` the test fails instead of skipping.
     """
@@ -74,7 +74,9 @@ async def drop_postgres_database(url: str) -> None:
     """Drop a database made by `create_postgres_database`, closing its sessions."""
     name = urlsplit(url).path.lstrip("/")
     if not name.startswith(DATABASE_PREFIX):
-        raise ValueError(f"refusing to drop {name!r}: it is not a test database")
+        raise ValueError(
+            f"{name!r} is not a test database: only {DATABASE_PREFIX}* are dropped"
+        )
     admin = await _connect_admin()
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -86,7 +88,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run `coroutine` in a thread of its own, so that a running loop can wait.
 
     Test servers are created in synchronous fixtures and inside async tests
-    alike; a fresh thread gives the coroutine an event loop in both cases.
+    alike, and a fresh thread gives the coroutine an event loop in both cases.
     """
     with ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, coroutine).result()
@@ -97,7 +99,7 @@ async def fetch_rows(
 ) -> list[tuple[Any, ...]]:
     """Run one query on a server's database and return its rows as tuples.
 
-    `query` uses PostgreSQL's `$1` placeholders; SQLite reads them as `?1`.
+    `query` uses PostgreSQL's `$1` placeholders, which SQLite reads as `?1`.
     """
     (rows,) = await fetch_many(database_url, [(query, params)])
     return rows
@@ -170,7 +172,7 @@ async def _connect_admin() -> asyncpg.Connection[asyncpg.Record]:
         _unreachable = (
             f"PostgreSQL is not reachable at {describe_dsn(POSTGRES_URL)} ({exc}):"
             " install and start it (apt-get install postgresql), or set"
-            " CHAT_TEST_POSTGRES_URL to a server where user postgres may create"
+            " CHAT_TEST_POSTGRES_URL to a server where its user may create"
             " databases"
         )
         raise PostgresUnavailable(_unreachable) from exc

@@ -80,7 +80,7 @@ def dialect(database_url: str) -> str:
 
 
 async def outcomes(calls: list[Awaitable[T]]) -> list[T | BaseException]:
-    """Run the calls at the same moment; return each result or exception."""
+    """Run the calls at the same moment and return each result or exception."""
     return await asyncio.gather(*calls, return_exceptions=True)
 
 
