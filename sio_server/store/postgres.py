@@ -367,8 +367,8 @@ class PostgresStore(Store):
             )
 
     async def reset_connections(self) -> None:
-        # NOTE: this clears the flag of every agent in the database, including
-        # agents connected to other server processes that share it.
+        # This also clears agents connected to other server processes on the
+        # same database, so the service calls it only when no other is up.
         async with self._transaction(synced=False) as db:
             await db.execute("UPDATE agents SET connected = FALSE WHERE connected")
 
