@@ -6,8 +6,20 @@ model fields they fill.
 
 from __future__ import annotations
 
-from ..errors import TransferRejected
+from typing import Any, Protocol, TypeVar
+
+from ..errors import Forbidden, NotFound, TransferRejected, WrongState
 from ..models import AgentLoad, Message, Sender, new_id, parse_time, utc_now
+
+
+class Row(Protocol):
+    """A result row read by column name: `sqlite3.Row` or `asyncpg.Record`."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+RowT = TypeVar("RowT", bound=Row)
+
 
 CHAT_COLUMNS = """
     c.id, c.status, c.visitor_id, v.name AS visitor_name, c.agent_id,
@@ -60,6 +72,36 @@ def check_can_take(target: AgentLoad, department: str | None) -> None:
         raise TransferRejected(
             f"{agent.name} does not serve department {department!r}", "department"
         )
+
+
+def check_agent_chat(row: RowT | None, chat_id: str, agent_id: str) -> RowT:
+    """Return the chat's row, checking that it is active and `agent_id`'s.
+
+    `row` has the chat's `agent_id` and `status`, or is `None` for no chat.
+    """
+    if row is None:
+        raise NotFound(f"chat {chat_id!r} not found")
+    if row["agent_id"] != agent_id:
+        raise Forbidden(f"chat {chat_id!r} is not yours")
+    if row["status"] != "active":
+        raise WrongState(f"chat {chat_id!r} is {row['status']}, not active")
+    return row
+
+
+def check_can_rate(row: Row | None, chat_id: str, visitor_id: str) -> None:
+    """Raise unless `visitor_id` may rate the chat whose row is `row`.
+
+    `row` has the chat's `visitor_id`, `agent_id`, `status` and `rated_at`,
+    or is `None` for no chat.
+    """
+    if row is None:
+        raise NotFound(f"chat {chat_id!r} not found")
+    if row["visitor_id"] != visitor_id:
+        raise Forbidden(f"chat {chat_id!r} is not yours")
+    if row["status"] != "ended" or row["agent_id"] is None:
+        raise WrongState("only a chat with an agent that has ended can be rated")
+    if row["rated_at"] is not None:
+        raise WrongState(f"chat {chat_id!r} is rated already")
 
 
 def new_message(

@@ -81,6 +81,8 @@ from .common import (
     CHAT_FROM,
     MESSAGE_COLUMNS,
     NOTE_COLUMNS,
+    check_agent_chat,
+    check_can_rate,
     check_can_take,
     new_message,
     seconds_between,
@@ -752,16 +754,7 @@ class PostgresStore(Store):
                 " WHERE id = $1 FOR UPDATE",
                 chat_id,
             )
-            if row is None:
-                raise NotFound(f"chat {chat_id!r} not found")
-            if row["visitor_id"] != visitor_id:
-                raise Forbidden(f"chat {chat_id!r} is not yours")
-            if row["status"] != "ended" or row["agent_id"] is None:
-                raise WrongState(
-                    "only a chat with an agent that has ended can be rated"
-                )
-            if row["rated_at"] is not None:
-                raise WrongState(f"chat {chat_id!r} is rated already")
+            check_can_rate(row, chat_id, visitor_id)
             await db.execute(
                 "UPDATE chats SET rating_score = $1, rating_comment = $2,"
                 " rated_at = $3 WHERE id = $4",
@@ -1161,13 +1154,7 @@ async def _chat_of_agent(db: Connection, chat_id: str, agent_id: str) -> asyncpg
         "SELECT agent_id, status, department FROM chats WHERE id = $1 FOR UPDATE",
         chat_id,
     )
-    if row is None:
-        raise NotFound(f"chat {chat_id!r} not found")
-    if row["agent_id"] != agent_id:
-        raise Forbidden(f"chat {chat_id!r} is not yours")
-    if row["status"] != "active":
-        raise WrongState(f"chat {chat_id!r} is {row['status']}, not active")
-    return row
+    return check_agent_chat(row, chat_id, agent_id)
 
 
 async def _plan_assignments(db: Connection) -> list[matchmaker.Assignment]:

@@ -49,6 +49,8 @@ from .common import (
     CHAT_FROM,
     MESSAGE_COLUMNS,
     NOTE_COLUMNS,
+    check_agent_chat,
+    check_can_rate,
     check_can_take,
     new_message,
     seconds_between,
@@ -778,16 +780,7 @@ class SQLiteStore(Store):
                 "SELECT visitor_id, agent_id, status, rated_at FROM chats WHERE id = ?",
                 (chat_id,),
             )
-            if row is None:
-                raise NotFound(f"chat {chat_id!r} not found")
-            if row["visitor_id"] != visitor_id:
-                raise Forbidden(f"chat {chat_id!r} is not yours")
-            if row["status"] != "ended" or row["agent_id"] is None:
-                raise WrongState(
-                    "only a chat with an agent that has ended can be rated"
-                )
-            if row["rated_at"] is not None:
-                raise WrongState(f"chat {chat_id!r} is rated already")
+            check_can_rate(row, chat_id, visitor_id)
             await db.execute(
                 "UPDATE chats SET rating_score = ?, rating_comment = ?, rated_at = ?"
                 " WHERE id = ?",
@@ -1137,13 +1130,7 @@ async def _chat_of_agent(
     row = await _fetch_one(
         db, "SELECT agent_id, status, department FROM chats WHERE id = ?", (chat_id,)
     )
-    if row is None:
-        raise NotFound(f"chat {chat_id!r} not found")
-    if row["agent_id"] != agent_id:
-        raise Forbidden(f"chat {chat_id!r} is not yours")
-    if row["status"] != "active":
-        raise WrongState(f"chat {chat_id!r} is {row['status']}, not active")
-    return row
+    return check_agent_chat(row, chat_id, agent_id)
 
 
 async def _requeue_at_front(
