@@ -13,8 +13,14 @@ CHROMIUM := /usr/bin/chromium
 run: $(VENV)/.runtime node_modules/.installed
 	$(PY) -m sio_server serve
 
+# The suite runs twice: on SQLite, then with every test server on a new
+# PostgreSQL database (see README, Tests). The second pass leaves out the
+# browser tests, which test the web pages and take several minutes whatever
+# the store. Without a PostgreSQL server at CHAT_TEST_POSTGRES_URL its tests
+# skip, or fail when CHAT_REQUIRE_SERVICES=1.
 test: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
 	$(PY) -m pytest
+	CHAT_TEST_DATABASE=postgres $(PY) -m pytest $(addprefix --ignore=,$(wildcard tests/test_browser*.py))
 
 # The long form of the fuzz and churn tests, which `make test` runs short.
 fuzz: $(VENV)/.dev node_modules/.installed
