@@ -31,7 +31,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from targets import BENCH, ROOT, TARGET_CLASSES, Ours, Target, pinned, rss_bytes
+from targets import (
+    BENCH,
+    ROOT,
+    TARGET_CLASSES,
+    Cluster,
+    Ours,
+    Target,
+    pinned,
+    rss_bytes,
+)
 
 RESULTS = BENCH / "results"
 # Every socket is a file descriptor, and the largest workload opens 10,000 of
@@ -53,7 +62,7 @@ class Profile:
     match_capacity: int
     storm_chats: int
     max_chats: int = 50
-    # Workloads that the targets with several processes run, when requested.
+    # Workloads that the cluster targets run, when requested.
     cluster_workloads: tuple[str, ...] = WORKLOADS
 
 
@@ -86,7 +95,7 @@ QUICK = Profile(
 )
 
 
-FULL_TARGETS = ("ours", "node", "raw", "ours2", "ours3")
+FULL_TARGETS = ("ours", "node", "raw", "ours1", "ours2", "ours3")
 QUICK_TARGETS = ("ours", "node", "raw", "ours2")
 
 
@@ -319,7 +328,7 @@ def bench_target(run: Run, target: Target) -> None:
         run.targets[target.name]["skipped"] = reason
         return
     workloads = run.workloads
-    if target.nodes > 1:
+    if isinstance(target, Cluster):
         workloads &= frozenset(run.profile.cluster_workloads)
         run.targets[target.name]["workloads"] = sorted(workloads)
     try:
@@ -483,9 +492,7 @@ def table(run: Run, names: list[str]) -> tuple[str, list[dict[str, Any]]]:
     rows = []
     # Ours against Node.js, and each cluster against one process of ours.
     pairs = [("ours", "node")] + [
-        (name, "ours")
-        for name in names
-        if run.targets.get(name, {}).get("processes", 1) > 1
+        (name, "ours") for name in names if issubclass(TARGET_CLASSES[name], Cluster)
     ]
     header = ["figure", *names, *(f"{top}/{bottom}" for top, bottom in pairs)]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
@@ -556,10 +563,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--targets",
-        help="comma-separated: ours, node, raw, and ours2 and ours3 (our server"
-        " as 2 or 3 processes that share PostgreSQL and Redis; skipped when"
-        " those are unreachable). Default: all of them, except ours3 with"
-        " --quick",
+        help="comma-separated: ours, node, raw, and ours1, ours2 and ours3 (our"
+        " server as a cluster of 1, 2 or 3 processes that share PostgreSQL and"
+        " Redis; skipped when those are unreachable). Default: all of them,"
+        " except ours1 and ours3 with --quick",
     )
     parser.add_argument(
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"
@@ -587,8 +594,8 @@ def main() -> int:
     limit = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit), hard))
 
-    # ours3 would take --quick past two minutes, and ours2 runs only some
-    # workloads there.
+    # ours1 and ours3 would take --quick past two minutes, and ours2 runs
+    # only some workloads there.
     default_targets = QUICK_TARGETS if args.quick else FULL_TARGETS
     targets = args.targets or ",".join(default_targets)
     names = [name.strip() for name in targets.split(",") if name.strip()]

@@ -296,7 +296,8 @@ class Cluster(Ours):
         super().__init__(workdir)
         self.data_dir = workdir / f"{self.name}-data"
         self.database = "postgresql" if postgres_backend_available() else "sqlite"
-        self.label = f"ours, {self.nodes} processes ({self.database_label()}, Redis)"
+        processes = "1 process" if self.nodes == 1 else f"{self.nodes} processes"
+        self.label = f"ours, {processes} ({self.database_label()}, Redis)"
         # Every node checks the tokens that `prepare` signs with this key.
         self.secret_key = secrets.token_urlsafe(48)
         self.cluster_name = ""
@@ -389,6 +390,13 @@ class Cluster(Ours):
         return sample
 
 
+class OneNode(Cluster):
+    """One process in cluster mode: the database and Redis without fan-out."""
+
+    name = "ours1"
+    nodes = 1
+
+
 class TwoNodes(Cluster):
     name = "ours2"
     nodes = 2
@@ -429,6 +437,7 @@ TARGET_CLASSES: dict[str, type[Target]] = {
     "ours": Ours,
     "node": NodePeer,
     "raw": RawRelay,
+    "ours1": OneNode,
     "ours2": TwoNodes,
     "ours3": ThreeNodes,
 }
