@@ -21,13 +21,13 @@ fuzz: $(VENV)/.dev node_modules/.installed
 	FUZZ_EXAMPLES=5000 CHURN_CYCLES=3000 $(PY) -m pytest tests/test_fuzz.py tests/test_churn.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check sio_server tests bench
-	$(VENV)/bin/ruff format --check sio_server tests bench
+	$(VENV)/bin/ruff check sio_server tests bench deploy
+	$(VENV)/bin/ruff format --check sio_server tests bench deploy
 	$(VENV)/bin/mypy
 
 format: $(VENV)/.dev
-	$(VENV)/bin/ruff format sio_server tests bench
-	$(VENV)/bin/ruff check --fix sio_server tests bench
+	$(VENV)/bin/ruff format sio_server tests bench deploy
+	$(VENV)/bin/ruff check --fix sio_server tests bench deploy
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
