@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,20 @@ async def scrape_metrics(server: ServerProcess) -> dict[str, float]:
     return samples
 
 
+def bind_session(local_address: str) -> Callable[[], aiohttp.ClientSession]:
+    """Return a factory of HTTP sessions whose connections start at `local_address`.
+
+    A load balancer that hashes the client address sends clients from
+    different loopback addresses (127.0.0.2, 127.0.0.3, ...) to different nodes.
+    """
+
+    def create() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(local_addr=(local_address, 0))
+        return aiohttp.ClientSession(connector=connector)
+
+    return create
+
+
 class ChatClient:
     """A python-socketio AsyncClient that records every event it receives."""
 
@@ -166,11 +181,19 @@ class ChatClient:
     def _queue(self, event: str) -> asyncio.Queue[Any]:
         return self._queues.setdefault(event, asyncio.Queue())
 
-    async def connect(self, transports: list[str] | None = None) -> dict[str, Any]:
+    async def connect(
+        self,
+        transports: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Connect and return the `session` event's payload."""
         # A callable makes the client's own reconnects send the latest token.
         await self.sio.connect(
-            self.url, auth=lambda: self.auth, transports=transports, wait_timeout=10
+            self.url,
+            auth=lambda: self.auth,
+            transports=transports,
+            headers=headers or {},
+            wait_timeout=10,
         )
         session = await self.next("session")
         if session.get("token"):
@@ -207,15 +230,41 @@ class ChatClient:
 
 
 class Clients:
-    """Creates connected visitors and agents against one server; closes them all."""
+    """Creates connected visitors and agents against one server; closes them all.
 
-    def __init__(self, server: ServerProcess) -> None:
+    Clients connect to `url`, the server's own by default, from the loopback
+    address `local_address` when one is given. Agents are created in the
+    server's database and log in at the server itself.
+    """
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        url: str | None = None,
+        local_address: str | None = None,
+    ) -> None:
         self.server = server
+        self.url = url or server.url
+        self.local_address = local_address
         self._all: list[ChatClient] = []
         self._agents: set[str] = set()
 
+    def at(self, url: str, local_address: str | None = None) -> Clients:
+        """Return clients of another entry point, such as a load balancer.
+
+        They share this group's agents and are closed with it.
+        """
+        other = Clients(self.server, url, local_address)
+        other._all = self._all
+        other._agents = self._agents
+        return other
+
     def client(self, auth: dict[str, Any], **options: Any) -> ChatClient:
-        client = ChatClient(self.server.url, auth, **options)
+        if self.local_address is not None and "http_session" not in options:
+            # A factory, so that Engine.IO makes a fresh session for every
+            # reconnect and closes it itself.
+            options["http_session"] = bind_session(self.local_address)
+        client = ChatClient(self.url, auth, **options)
         self._all.append(client)
         return client
 
