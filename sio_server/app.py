@@ -31,7 +31,15 @@ logger = logging.getLogger("sio_server.app")
 
 
 def create_sio(settings: Settings, origins: OriginPolicy) -> socketio.AsyncServer:
+    manager = None
+    if settings.redis_url:
+        from .cluster import ChatRedisManager
+
+        manager = ChatRedisManager(
+            settings.redis_url, channel=f"{settings.cluster_name}:socketio"
+        )
     return ChatSocketServer(
+        client_manager=manager,
         async_mode="aiohttp",
         cors_allowed_origins="*" if origins.allow_any else origins.allows_environ,
         ping_interval=settings.ping_interval_s,
@@ -98,18 +106,9 @@ def create_app(settings: Settings) -> web.Application:
         await store.close()
 
     async def close_connections(app: web.Application) -> None:
-        # Drop every connection as a network failure would, without an
-        # Engine.IO CLOSE packet: python-socketio clients do not reconnect
-        # after a CLOSE, while every stock client reconnects after a drop.
         service.closing = True
-        sockets = list(sio.eio.sockets.values())
-        logger.info("shutting down: dropping %d connections", len(sockets))
-        for socket in sockets:
-            await socket.close(wait=False, abort=True)
-            # NOTE: `queue` is python-engineio's outgoing packet queue. None
-            # ends a pending long-poll or WebSocket writer at once, instead of
-            # after the shutdown timeout.
-            socket.queue.put_nowait(None)
+        dropped = await service.drop_connections()
+        logger.info("shutting down: dropped %d connections", dropped)
         await sio.shutdown()
 
     app.cleanup_ctx.append(lifecycle)

@@ -87,6 +87,15 @@ class Settings:
     # unless turned off here.
     admin_ui: bool = False
     admin_ui_read_only: bool = True
+    # Several nodes share Redis for fan-out, presence and grace timers when
+    # this is set; every node of one cluster has the same cluster name.
+    redis_url: str = ""
+    cluster_name: str = "chat"
+    # Empty means the host name and process id.
+    node_id: str = ""
+    # How long a node's heartbeat lives in Redis: the others take over its
+    # people this long after it dies.
+    node_ttl_s: float = 10.0
 
     @property
     def department_ids(self) -> frozenset[str]:
@@ -195,6 +204,27 @@ def _parse_database_url(raw: str) -> str:
     return raw
 
 
+def _parse_redis_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _parse_name(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise ValueError("use 1 to 64 letters, digits and _ . : -")
+    return value
+
+
+def _parse_node_ttl(raw: str) -> float:
+    value = _parse_positive_float(raw)
+    if value < 1:
+        raise ValueError("must be at least 1 second")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "host": str.strip,
     "port": _parse_port,
@@ -231,6 +261,10 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "trust_forwarded_for": _parse_switch,
     "admin_ui": _parse_switch,
     "admin_ui_read_only": _parse_switch,
+    "redis_url": _parse_redis_url,
+    "cluster_name": _parse_name,
+    "node_id": _parse_name,
+    "node_ttl_s": _parse_node_ttl,
 }
 
 

@@ -90,6 +90,13 @@ class ServerClosing(ChatError):
     http_status = 503
 
 
+class ServerBusy(ChatError):
+    """Another node held a chat or person too long; the client retries."""
+
+    code = "internal_error"
+    http_status = 503
+
+
 class Unauthorized(ChatError):
     """A token is missing, malformed, expired, or refers to no existing account."""
 

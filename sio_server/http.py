@@ -403,7 +403,9 @@ async def readyz(request: web.Request) -> web.Response:
 
     Ready means a store query succeeds and the server is not shutting down.
     A process that is alive but not ready fails this check and passes
-    `/healthz`.
+    `/healthz`. In a cluster the body also says whether Redis answers; a
+    node stays ready without it, since it still serves its own sockets and
+    every node is in the same position.
     """
     service = request.app[SERVICE_KEY]
     if service.closing:
@@ -415,7 +417,11 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "error", "store": "unreachable"}, status=503
         )
-    return web.json_response({"status": "ready", "store": "ok"})
+    body = {"status": "ready", "store": "ok"}
+    redis = await service.people.shared_state()
+    if redis is not None:
+        body["redis"] = redis
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

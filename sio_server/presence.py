@@ -1,15 +1,18 @@
 """Connection state: sockets per person, grace timers, and per-chat locks.
 
-All of it is in-process state. A person is online while at least one socket of
-theirs is connected; grace timers start when the last one goes.
+`Presence` is one process's state: a person is online while at least one socket
+of theirs is connected, and a grace timer starts when the last one goes. `People`
+puts the same questions to the whole deployment, which in a cluster spans
+several processes (see `cluster.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,6 +126,94 @@ class Presence:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+
+class People(ABC):
+    """Who is online across the deployment, and their grace timers.
+
+    `local` holds this process's sockets. In one process that is everyone;
+    in a cluster the implementation also tracks the other nodes' sockets,
+    so that a person with tabs on two nodes is one person and a grace
+    period fires once, on one node.
+    """
+
+    def __init__(self, local: Presence) -> None:
+        self.local = local
+        self._locks = KeyedLocks()
+
+    async def start(self) -> bool:
+        """Begin; True when no other node is running, as after a full restart."""
+        return True
+
+    async def stop(self) -> None:
+        self.local.close()
+
+    @abstractmethod
+    async def add(self, connection: Connection) -> bool:
+        """Register a socket; True when it is the person's first one anywhere."""
+
+    @abstractmethod
+    async def remove(self, sid: str) -> tuple[Connection | None, bool]:
+        """Unregister a local socket; True when the person has none left anywhere."""
+
+    @abstractmethod
+    async def sockets(self, key: PersonKey) -> set[str]:
+        """Return the sids of a person's sockets on every node."""
+
+    @abstractmethod
+    async def is_online(self, key: PersonKey) -> bool: ...
+
+    @abstractmethod
+    async def start_grace(self, key: PersonKey, seconds: float) -> None:
+        """Run the expiry callback, once, after `seconds` unless the person returns."""
+
+    @abstractmethod
+    async def cancel_grace(self, key: PersonKey) -> None: ...
+
+    async def shared_state(self) -> str | None:
+        """Say whether the state shared between nodes is reachable: None alone."""
+        return None
+
+    def lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock `name` (a chat's or a person's) on every node."""
+        return self._locks.hold(name)
+
+    def lock_count(self) -> int:
+        """Count the locks held or awaited in this process."""
+        return len(self._locks)
+
+    @abstractmethod
+    def queue_changed(self) -> None:
+        """Tell the other nodes that the queue changed."""
+
+    def timer_count(self) -> int:
+        """Count the grace timers held in this process's memory."""
+        return self.local.timer_count()
+
+
+class LocalPeople(People):
+    """Everyone is on this process: presence and timers are in memory."""
+
+    async def add(self, connection: Connection) -> bool:
+        return self.local.add(connection)
+
+    async def remove(self, sid: str) -> tuple[Connection | None, bool]:
+        return self.local.remove(sid)
+
+    async def sockets(self, key: PersonKey) -> set[str]:
+        return self.local.sockets(key)
+
+    async def is_online(self, key: PersonKey) -> bool:
+        return self.local.is_online(key)
+
+    async def start_grace(self, key: PersonKey, seconds: float) -> None:
+        self.local.start_grace(key, seconds)
+
+    async def cancel_grace(self, key: PersonKey) -> None:
+        self.local.cancel_grace(key)
+
+    def queue_changed(self) -> None:
+        """Do nothing: there are no other nodes."""
 
 
 class KeyedLocks:

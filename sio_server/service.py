@@ -49,7 +49,14 @@ from .models import (
     parse_time,
     utc_now,
 )
-from .presence import CoalescedRunner, Connection, KeyedLocks, PersonKey, Presence
+from .presence import (
+    CoalescedRunner,
+    Connection,
+    LocalPeople,
+    People,
+    PersonKey,
+    Presence,
+)
 from .ratelimit import Limit, RateLimiter
 from .store import Store
 
@@ -135,9 +142,6 @@ class ChatService:
         )
         self._departments = [item.to_wire() for item in settings.departments]
         self.presence = Presence(self._on_grace_expired)
-        self._chat_locks = KeyedLocks()
-        # Serialises a person's connects with the end of their grace period.
-        self._person_locks = KeyedLocks()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -157,12 +161,31 @@ class ChatService:
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.people: People = self._create_people()
 
     # Start and stop
 
+    def _create_people(self) -> People:
+        if not self.settings.redis_url:
+            return LocalPeople(self.presence)
+        from .cluster import ChatRedisManager, RedisPeople
+
+        people = RedisPeople(
+            self.presence,
+            self.settings,
+            on_expired=self._on_grace_expired,
+            on_gone=self._went_offline,
+            on_queue_changed=self._queue_notifier.request,
+            on_rejoined=self._rejoined,
+        )
+        if isinstance(self.sio.manager, ChatRedisManager):
+            self.sio.manager.on_resubscribed = people.resubscribed
+        return people
+
     async def start(self) -> None:
-        """Give everyone who had open chats before a restart a grace period."""
-        await self.store.reset_connections()
+        """Join the deployment; after a full restart, start everyone's grace period."""
+        if await self.people.start():
+            await self._restart_grace()
         timings = await self.store.recent_timings(WINDOW)
         self.estimator = WaitEstimator(timings.waits, timings.durations)
         if (
@@ -171,18 +194,57 @@ class ChatService:
             or self.settings.visitor_idle_timeout_s
         ):
             self._timers = asyncio.create_task(self._run_timers())
+
+    async def _restart_grace(self) -> None:
+        """Give everyone who had open chats before a restart a grace period.
+
+        Runs when no server was up: nobody is connected, whatever the store
+        says, and each person's timer starts now.
+        """
+        await self.store.reset_connections()
         visitors, agents = await self.store.people_with_open_state()
         for visitor_id in visitors:
-            self.presence.start_grace(
+            await self.people.start_grace(
                 ("visitor", visitor_id), self.settings.visitor_grace_s
             )
         for agent_id in agents:
-            self.presence.start_grace(("agent", agent_id), self.settings.agent_grace_s)
+            await self.people.start_grace(
+                ("agent", agent_id), self.settings.agent_grace_s
+            )
         logger.info(
             "started: %d visitors and %d agents have a grace period to reconnect",
             len(visitors),
             len(agents),
         )
+
+    async def _rejoined(self, alone: bool) -> None:
+        """Recover after the cluster's Redis came back.
+
+        Events published while it was away never reached the other nodes, so
+        every socket here is dropped: the clients reconnect, to any node, and
+        catch up from the store as after any drop.
+        """
+        if alone:
+            await self._restart_grace()
+        await self.drop_connections()
+        self._agents_changed()
+        self._queue_notifier.request()
+
+    async def drop_connections(self) -> int:
+        """Drop every socket of this process as a network failure would.
+
+        No Engine.IO CLOSE packet goes out: python-socketio clients do not
+        reconnect after a CLOSE, while every stock client reconnects after a
+        drop.
+        """
+        sockets = list(self.sio.eio.sockets.values())
+        for socket in sockets:
+            await socket.close(wait=False, abort=True)
+            # NOTE: `queue` is python-engineio's outgoing packet queue. None
+            # ends a pending long-poll or WebSocket writer at once, instead of
+            # after the shutdown timeout.
+            socket.queue.put_nowait(None)
+        return len(sockets)
 
     @contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -213,7 +275,7 @@ class ChatService:
     async def stop(self) -> None:
         if self._timers is not None:
             self._timers.cancel()
-        self.presence.close()
+        await self.people.stop()
         if self._agents_notice is not None:
             self._agents_notice.cancel()
         await self._matcher.cancel()
@@ -242,8 +304,8 @@ class ChatService:
             )
         self.limiter.check(self.connect_limit, client_ip)
 
-    def _check_sockets(self, key: PersonKey, limit: int) -> None:
-        if len(self.presence.sockets(key)) < limit:
+    async def _check_sockets(self, key: PersonKey, limit: int) -> None:
+        if len(await self.people.sockets(key)) < limit:
             return
         role, person_id = key
         self.metrics.rate_limited.labels(f"sockets_per_{role}").inc()
@@ -277,7 +339,7 @@ class ChatService:
             visitor = _new_visitor(new_id(), auth)
             logger.info("visitor %s new", visitor.id)
 
-        self._check_sockets(
+        await self._check_sockets(
             ("visitor", visitor.id), self.settings.max_sockets_per_visitor
         )
         connection = Connection(
@@ -288,7 +350,7 @@ class ChatService:
             email=visitor.email,
             created_at=visitor.created_at,
         )
-        self.presence.add(connection)
+        await self.people.add(connection)
         await self.sio.enter_room(sid, person_room("visitor", visitor.id))
 
         # A visitor is stored when it first joins, so one not in the store has
@@ -296,7 +358,7 @@ class ChatService:
         # first, so the session never shows a chat that has just ended.
         chat = None
         if known:
-            async with self._person_locks.hold(f"visitor:{visitor.id}"):
+            async with self.people.lock(f"visitor:{visitor.id}"):
                 chat = await self.store.open_chat_of_visitor(visitor.id)
                 if chat is not None:
                     await self.sio.enter_room(sid, chat_room(chat.id))
@@ -366,15 +428,17 @@ class ChatService:
         if auth.observer:
             return await self._connect_observer(sid, agent)
 
-        self._check_sockets(("agent", agent.id), self.settings.max_sockets_per_agent)
+        await self._check_sockets(
+            ("agent", agent.id), self.settings.max_sockets_per_agent
+        )
         connection = Connection(sid, "agent", agent.id, agent.name)
-        first = self.presence.add(connection)
+        first = await self.people.add(connection)
         await self.sio.enter_room(sid, person_room("agent", agent.id))
         await self.sio.enter_room(sid, AGENTS_ROOM)
 
         # A grace expiry that is requeueing this agent's chats finishes first;
         # the agent then comes back away, with no chats.
-        async with self._person_locks.hold(f"agent:{agent.id}"):
+        async with self.people.lock(f"agent:{agent.id}"):
             if first:
                 await self.store.set_agent_connected(agent.id, True)
                 self._agents_changed()
@@ -406,7 +470,7 @@ class ChatService:
         if first and agent.status == "ready":
             # An agent who comes back can take waiting chats again.
             self._matcher.request()
-            self._queue_notifier.request()
+            self._queue_moved()
         logger.info("connect sid=%s agent=%s status=%s", sid, agent.id, agent.status)
         return connection
 
@@ -418,9 +482,11 @@ class ChatService:
         """
         if not agent.is_admin:
             raise Forbidden("observer sockets are for admins only")
-        self._check_sockets(("observer", agent.id), self.settings.max_sockets_per_agent)
+        await self._check_sockets(
+            ("observer", agent.id), self.settings.max_sockets_per_agent
+        )
         connection = Connection(sid, "observer", agent.id, agent.name)
-        self.presence.add(connection)
+        await self.people.add(connection)
         session = {"role": "observer", "agent_id": agent.id, "name": agent.name}
         self._after_connect[sid] = [("session", session)]
         logger.info("connect sid=%s observer=%s", sid, agent.id)
@@ -433,7 +499,7 @@ class ChatService:
         so events emitted inside the handler would reach the client first.
         """
         for event, data in self._after_connect.pop(sid, ()):
-            await self.sio.emit(event, data, to=sid)
+            await self.sio.emit(event, data, to=sid, ignore_queue=True)
 
     async def _availability(self) -> tuple[int, int]:
         """Return agents ready and connected, and their `max_chats` summed.
@@ -458,10 +524,15 @@ class ChatService:
     def _agents_changed(self) -> None:
         self._availability_cache = None
 
+    def _queue_moved(self) -> None:
+        """Send queue positions and counts again, on every node."""
+        self._queue_notifier.request()
+        self.people.queue_changed()
+
     async def disconnect(self, sid: str, reason: str) -> None:
         """Forget a socket and start the person's grace period if it was the last."""
         self._after_connect.pop(sid, None)
-        connection, last = self.presence.remove(sid)
+        connection, last = await self.people.remove(sid)
         if connection is None:
             return
         logger.info(
@@ -474,12 +545,22 @@ class ChatService:
         if not last or connection.role == "observer":
             return
         if connection.role == "visitor":
-            self.presence.start_grace(connection.key, self.settings.visitor_grace_s)
+            await self.people.start_grace(connection.key, self.settings.visitor_grace_s)
             return
-        self.presence.start_grace(connection.key, self.settings.agent_grace_s)
-        await self.store.set_agent_connected(connection.person_id, False)
-        self._agents_changed()
-        self._queue_notifier.request()
+        await self.people.start_grace(connection.key, self.settings.agent_grace_s)
+        await self._went_offline([connection.key])
+
+    async def _went_offline(self, keys: list[PersonKey]) -> None:
+        """Record that agents have no socket left, here or on a node that died."""
+        agents = [person_id for role, person_id in keys if role == "agent"]
+        for agent_id in agents:
+            await self.store.set_agent_connected(agent_id, False)
+            # The agent may have come back on another node meanwhile.
+            if await self.people.is_online(("agent", agent_id)):
+                await self.store.set_agent_connected(agent_id, True)
+        if agents:
+            self._agents_changed()
+            self._queue_moved()
 
     # Visitor events
 
@@ -517,7 +598,7 @@ class ChatService:
             first_message=first_message,
         )
 
-        for sid in self.presence.sockets(connection.key):
+        for sid in await self.people.sockets(connection.key):
             await self.sio.enter_room(sid, chat_room(chat.id))
 
         message = None
@@ -536,7 +617,7 @@ class ChatService:
             )
 
         self._sent_positions.pop(chat.id, None)
-        self._queue_notifier.request()
+        self._queue_moved()
         # The queue update that follows reaches the visitor's other tabs too.
         position = await self._position(chat)
         agents_online = await self._agents_online()
@@ -586,7 +667,7 @@ class ChatService:
         if payload.name is not None:
             connection.name = payload.name
         connection.email = payload.email
-        async with self._person_locks.hold(f"visitor:{connection.person_id}"):
+        async with self.people.lock(f"visitor:{connection.person_id}"):
             chat = await self.store.leave_message(
                 _visitor_of(connection),
                 department=payload.department,
@@ -596,7 +677,7 @@ class ChatService:
         self.metrics.chat_events.labels("missed").inc()
         logger.info("left message chat=%s visitor=%s", chat.id, connection.person_id)
         self._sent_positions.pop(chat.id, None)
-        self._queue_notifier.request()
+        self._queue_moved()
         return reply(chat=chat.to_wire())
 
     async def rate_chat(
@@ -640,7 +721,7 @@ class ChatService:
             ",".join(serving) if serving else "all",
         )
         self._matcher.request()
-        self._queue_notifier.request()
+        self._queue_moved()
         return reply(
             status="ready",
             max_chats=agent.max_chats,
@@ -683,14 +764,14 @@ class ChatService:
         if changes.disabled:
             await self._sign_out(agent.id, "disabled")
             # The chats go back to the queue now, not after a grace period.
-            self.presence.cancel_grace(("agent", agent.id))
-            await self._agent_left(agent.id)
+            await self.people.cancel_grace(("agent", agent.id))
+            await self._agent_left(agent.id, signed_out=True)
         else:
             await self.sio.emit(
                 "agent_updated", agent.to_wire(), room=person_room("agent", agent.id)
             )
         self._matcher.request()
-        self._queue_notifier.request()
+        self._queue_moved()
         return agent
 
     async def set_password(self, actor: Agent, agent_id: str, password: str) -> Agent:
@@ -703,8 +784,8 @@ class ChatService:
 
     async def _sign_out(self, agent_id: str, reason: str) -> None:
         """Tell an agent's sockets why, then disconnect them; their tokens are void."""
-        sids = self.presence.sockets(("agent", agent_id))
-        sids |= self.presence.sockets(("observer", agent_id))
+        sids = await self.people.sockets(("agent", agent_id))
+        sids |= await self.people.sockets(("observer", agent_id))
         for sid in sids:
             await self.sio.emit("signed_out", {"reason": reason}, to=sid)
             await self.sio.disconnect(sid)
@@ -786,7 +867,7 @@ class ChatService:
         await self.store.set_agent_status(connection.person_id, "away")
         self._agents_changed()
         logger.info("agent=%s away", connection.person_id)
-        self._queue_notifier.request()
+        self._queue_moved()
         return reply(status="away")
 
     async def transfer_chat(
@@ -807,11 +888,14 @@ class ChatService:
         old_agent = connection.person_id
         agents = {old_agent} | ({payload.agent_id} if payload.agent_id else set())
         people = sorted(f"agent:{agent_id}" for agent_id in agents)
-        async with self._chat_locks.hold(payload.chat_id), AsyncExitStack() as stack:
+        async with (
+            self.people.lock(f"chat:{payload.chat_id}"),
+            AsyncExitStack() as stack,
+        ):
             # Hold both agents' connects back, so a socket that connects right
             # now enters the rooms of the chats it has after the transfer.
             for person in people:
-                await stack.enter_async_context(self._person_locks.hold(person))
+                await stack.enter_async_context(self.people.lock(person))
             if payload.agent_id is not None:
                 chat = await self.store.transfer_to_agent(
                     payload.chat_id, old_agent, payload.agent_id
@@ -835,7 +919,7 @@ class ChatService:
         )
         # The old agent has a free slot, and a queued chat may be waiting.
         self._matcher.request()
-        self._queue_notifier.request()
+        self._queue_moved()
         return reply(chat=chat.to_wire())
 
     async def _hand_over(
@@ -845,7 +929,7 @@ class ChatService:
         # The caller has the chat lock.
         self._awaiting_reply.pop(chat.id, None)
         room = chat_room(chat.id)
-        for sid in self.presence.sockets(("agent", old_agent)):
+        for sid in await self.people.sockets(("agent", old_agent)):
             await self.sio.leave_room(sid, room)
         to = None
         if chat.agent_id is not None:
@@ -885,7 +969,7 @@ class ChatService:
         """
         assert chat.agent_id is not None
         self._awaiting_reply[chat.id] = time.monotonic()
-        for sid in self.presence.sockets(("agent", chat.agent_id)):
+        for sid in await self.people.sockets(("agent", chat.agent_id)):
             await self.sio.enter_room(sid, chat_room(chat.id))
         if history is None:
             history = await self.store.list_messages(
@@ -912,7 +996,7 @@ class ChatService:
         require_role(connection, "agent", "note")
         # Under the chat lock, so a concurrent transfer stores its snapshot
         # either before or after the note, and the new agent gets every note.
-        async with self._chat_locks.hold(payload.chat_id):
+        async with self.people.lock(f"chat:{payload.chat_id}"):
             chat = await self._authorized_chat(connection, payload.chat_id)
             sender = Sender("agent", connection.person_id, connection.name)
             note, created = await self.store.add_note(
@@ -949,7 +1033,7 @@ class ChatService:
         if agent is None:
             raise Unauthorized("agent token names an unknown agent")
         sender = Sender("agent", agent.id, agent.name)
-        async with self._chat_locks.hold(chat_id):
+        async with self.people.lock(f"chat:{chat_id}"):
             message, created = await self.store.reply_to_missed(
                 chat_id, sender, text, client_id or _text_client_id("reply", text)
             )
@@ -987,7 +1071,7 @@ class ChatService:
     async def _post_message(
         self, connection: Connection, chat_id: str, text: str, client_id: str
     ) -> Message:
-        async with self._chat_locks.hold(chat_id):
+        async with self.people.lock(f"chat:{chat_id}"):
             # The store checks that the sender belongs to the chat.
             sender = Sender(side_of(connection), connection.person_id, connection.name)
             message, created = await self.store.add_message(
@@ -1063,7 +1147,7 @@ class ChatService:
     async def end_chat(
         self, connection: Connection, payload: schemas.EndChat
     ) -> dict[str, Any]:
-        async with self._chat_locks.hold(payload.chat_id):
+        async with self.people.lock(f"chat:{payload.chat_id}"):
             chat = await self._authorized_chat(connection, payload.chat_id)
             if chat.closed:
                 raise WrongState(f"chat {chat.id!r} has already ended")
@@ -1105,7 +1189,7 @@ class ChatService:
         # The chat may have been assigned since the caller read it, so every
         # end can free a slot.
         self._matcher.request()
-        self._queue_notifier.request()
+        self._queue_moved()
 
     async def _authorized_chat(self, connection: Connection, chat_id: str) -> Chat:
         chat = await self.store.get_chat(chat_id)
@@ -1124,19 +1208,19 @@ class ChatService:
         # run side by side.
         await asyncio.gather(*(self._announce_match(chat) for chat in chats))
         if chats:
-            self._queue_notifier.request()
+            self._queue_moved()
 
     async def _announce_match(self, assigned: Chat) -> None:
         agent_id = assigned.agent_id
         assert agent_id is not None
         room = chat_room(assigned.id)
-        async with self._chat_locks.hold(assigned.id):
+        async with self.people.lock(f"chat:{assigned.id}"):
             # The visitor may have ended the chat between the assignment and
             # this lock. The agent then gets no event for it at all.
             chat = await self.store.get_chat(assigned.id)
             if chat is None or chat.status != "active" or chat.agent_id != agent_id:
                 return
-            for sid in self.presence.sockets(("visitor", chat.visitor_id)):
+            for sid in await self.people.sockets(("visitor", chat.visitor_id)):
                 await self.sio.enter_room(sid, room)
             messages, has_more = await self.store.list_messages(
                 chat.id, limit=STARTED_MESSAGES_LIMIT
@@ -1171,9 +1255,15 @@ class ChatService:
         for chat_id in [key for key in self._sent_positions if key not in queued]:
             del self._sent_positions[chat_id]
         # Each department, and the general queue, counts positions on its own.
+        # Each node tells the visitors connected to it.
         counts: dict[str | None, int] = {}
         for entry in entries:
             position = counts[entry.department] = counts.get(entry.department, 0) + 1
+            visitor_key: PersonKey = ("visitor", entry.visitor_id)
+            if not self.presence.is_online(visitor_key):
+                # Sent again when the visitor connects.
+                self._sent_positions.pop(entry.chat_id, None)
+                continue
             estimate = self.estimator.estimate(position, capacity)
             state = (position, agents_online, estimate)
             if self._sent_positions.get(entry.chat_id) == state:
@@ -1188,6 +1278,7 @@ class ChatService:
                     "agents_online": agents_online,
                 },
                 room=person_room("visitor", entry.visitor_id),
+                ignore_queue=True,
             )
         self._schedule_agents_notice()
 
@@ -1207,8 +1298,12 @@ class ChatService:
     async def _send_queue_changed(self) -> None:
         self._agents_notice = None
         self._agents_notice_at = time.monotonic()
+        # Every node tells the agents connected to it.
         await self.sio.emit(
-            "queue_changed", await self.queue_summary(), room=AGENTS_ROOM
+            "queue_changed",
+            await self.queue_summary(),
+            room=AGENTS_ROOM,
+            ignore_queue=True,
         )
 
     def tracked_entries(self) -> dict[str, int]:
@@ -1219,11 +1314,10 @@ class ChatService:
         """
         return {
             "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
-            "chat_locks": len(self._chat_locks),
-            "person_locks": len(self._person_locks),
+            "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),
-            "grace_timers": self.presence.timer_count(),
+            "grace_timers": self.people.timer_count(),
         }
 
     async def queue_summary(self) -> dict[str, Any]:
@@ -1266,7 +1360,7 @@ class ChatService:
         if settings.queue_timeout_s:
             cutoff = format_time(now - timedelta(seconds=settings.queue_timeout_s))
             for chat in await self.store.miss_waiting(cutoff):
-                async with self._chat_locks.hold(chat.id):
+                async with self.people.lock(f"chat:{chat.id}"):
                     await self._announce_end(chat)
         if settings.agent_reply_timeout_s:
             cutoff = format_time(
@@ -1279,19 +1373,19 @@ class ChatService:
                 now - timedelta(seconds=settings.visitor_idle_timeout_s)
             )
             for chat in await self.store.end_inactive(cutoff):
-                async with self._chat_locks.hold(chat.id):
+                async with self.people.lock(f"chat:{chat.id}"):
                     await self._announce_end(chat)
 
     async def _take_back(self, chat: Chat, agent_id: str, reason: str) -> None:
         """Tell both sides that a requeued chat left its agent."""
-        async with self._chat_locks.hold(chat.id):
+        async with self.people.lock(f"chat:{chat.id}"):
             await self._hand_over(chat, agent_id, reason)
         self.metrics.chat_events.labels("requeued").inc()
         logger.info(
             "requeued chat=%s from agent=%s reason=%s", chat.id, agent_id, reason
         )
         self._matcher.request()
-        self._queue_notifier.request()
+        self._queue_moved()
 
     # Grace expiry
 
@@ -1304,28 +1398,33 @@ class ChatService:
             await self._agent_left(person_id)
 
     async def _visitor_left(self, visitor_id: str) -> None:
-        async with self._person_locks.hold(f"visitor:{visitor_id}"):
-            if self.presence.is_online(("visitor", visitor_id)):
+        async with self.people.lock(f"visitor:{visitor_id}"):
+            if await self.people.is_online(("visitor", visitor_id)):
                 return
             chat = await self.store.open_chat_of_visitor(visitor_id)
             if chat is None:
                 return
-            async with self._chat_locks.hold(chat.id):
+            async with self.people.lock(f"chat:{chat.id}"):
                 current = await self.store.get_chat(chat.id)
                 if current is None or current.status == "ended":
                     return
                 await self._close_chat(current, "system", "visitor_left")
 
-    async def _agent_left(self, agent_id: str) -> None:
-        async with self._person_locks.hold(f"agent:{agent_id}"):
-            if self.presence.is_online(("agent", agent_id)):
+    async def _agent_left(self, agent_id: str, *, signed_out: bool = False) -> None:
+        """Requeue the chats of an agent who is gone.
+
+        `signed_out` means the agent's sockets are being disconnected and
+        cannot come back, even if some on other nodes still count as online.
+        """
+        async with self.people.lock(f"agent:{agent_id}"):
+            if not signed_out and await self.people.is_online(("agent", agent_id)):
                 return
             chats = await self.store.requeue_agent_chats(agent_id)
             self._agents_changed()
         for chat in chats:
-            async with self._chat_locks.hold(chat.id):
+            async with self.people.lock(f"chat:{chat.id}"):
                 room = chat_room(chat.id)
-                for sid in self.presence.sockets(("agent", agent_id)):
+                for sid in await self.people.sockets(("agent", agent_id)):
                     await self.sio.leave_room(sid, room)
                 await self.sio.emit(
                     "chat_requeued",
@@ -1339,7 +1438,7 @@ class ChatService:
                 self._sent_positions.pop(chat.id, None)
             self.metrics.chat_events.labels("requeued").inc()
             logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
-        self._queue_notifier.request()
+        self._queue_moved()
         self._matcher.request()
 
 

@@ -231,11 +231,17 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     requested an acknowledgement gets an `invalid_payload` reply.
     """
 
-    def __init__(self, *, websocket_compression: bool = False, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        websocket_compression: bool = False,
+        client_manager: socketio.AsyncManager | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(
             json=OrjsonCodec,
             serializer=TextPacket,
-            client_manager=ChatManager(),
+            client_manager=client_manager or ChatManager(),
             **options,
         )
         engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POST
