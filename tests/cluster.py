@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
@@ -36,7 +36,12 @@ POSTGRES_URL = os.environ.get(
 # Loopback addresses that clients connect from, so that nginx's hash of the
 # client address spreads them over the nodes.
 SOURCE_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 255)]
-UPSTREAM_FIELD = re.compile(r"upstream=(\S+)")
+# nginx separates the nodes it tried for one request with ", ".
+UPSTREAM_FIELD = re.compile(r"upstream=(.+?) upstream_status=")
+# A python-socketio polling client's disconnect waits for its pending long
+# poll, which the server ends only after a ping interval plus a ping timeout.
+# Short ones keep tests with polling clients at seconds instead of 45 s.
+SHORT_PINGS = {"CHAT_PING_INTERVAL_S": "1", "CHAT_PING_TIMEOUT_S": "2"}
 
 
 def missing(requirement: str) -> NoReturn:
@@ -311,3 +316,7 @@ class Cluster:
         ]
         parts.append(f"--- nginx ---\n{self.nginx.log()[-2000:]}")
         return "\n".join(parts)
+
+
+# The `cluster_factory` fixture: `start(size, shared=True, redis_url=None, **env)`.
+ClusterFactory = Callable[..., Awaitable[Cluster]]

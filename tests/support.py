@@ -326,6 +326,84 @@ async def serve_in_order(agent: ChatClient, count: int) -> list[str]:
     return served
 
 
+def assert_capacity_kept(agent: ChatClient, max_chats: int) -> int:
+    """Check the open chats after every `chat_started` and return the final count."""
+    open_chats: set[str] = set()
+    for event, data in agent.received:
+        if event == "chat_started":
+            open_chats.add(data["chat"]["id"])
+            assert len(open_chats) <= max_chats, f"over capacity: {open_chats}"
+        elif event in ("chat_ended", "chat_removed"):
+            open_chats.discard(data["chat_id"])
+    return len(open_chats)
+
+
+async def collect_started(
+    agents: list[ChatClient], expected: int
+) -> list[tuple[ChatClient, str]]:
+    """Take unread `chat_started` events until `expected` arrived, then any extras.
+
+    Returns (agent, chat id) pairs. Waits at most 10 s for the expected count,
+    then 0.3 s more, so that a surplus assignment shows up too.
+    """
+    found: list[tuple[ChatClient, str]] = []
+
+    def take() -> None:
+        for agent in agents:
+            for started in agent.drain("chat_started"):
+                found.append((agent, started["chat"]["id"]))
+
+    deadline = time.monotonic() + 10
+    while len(found) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        take()
+    await asyncio.sleep(0.3)
+    take()
+    return found
+
+
+def started_count(client: ChatClient) -> int:
+    return sum(1 for event, _ in client.received if event == "chat_started")
+
+
+async def chat_both_ways(agent: ChatClient, visitor: ChatClient, tag: str) -> None:
+    """Match `visitor` with the ready `agent`, send one message each way, end it."""
+    joined = await visitor.call("join_queue", {"message": f"hello {tag}"})
+    assert joined["ok"], joined
+    chat_id = joined["chat"]["id"]
+    assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+    assert (await visitor.next("chat_started"))["chat"]["id"] == chat_id
+
+    sent = await agent.call(
+        "message", {"chat_id": chat_id, "text": f"agent {tag}", "client_id": "a1"}
+    )
+    assert sent["ok"], sent
+    assert (await visitor.next("message"))["text"] == f"agent {tag}"
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": f"visitor {tag}", "client_id": "v1"}
+    )
+    assert sent["ok"], sent
+    assert (await agent.next("message"))["text"] == f"visitor {tag}"
+    ended = await agent.call("end_chat", {"chat_id": chat_id})
+    assert ended["ok"], ended
+
+
+async def read_history(
+    client: ChatClient, chat_id: str, after_seq: int = 0
+) -> list[dict[str, Any]]:
+    """Return every message of the chat after `after_seq`, one page at a time."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        page = await client.call(
+            "history", {"chat_id": chat_id, "after_seq": after_seq, "limit": 500}
+        )
+        assert page["ok"], page
+        messages.extend(page["messages"])
+        if not page["has_more"]:
+            return messages
+        after_seq = messages[-1]["seq"]
+
+
 # Two departments for the routing tests, in `CHAT_DEPARTMENTS` syntax.
 DEPARTMENTS = "sales=Sales,billing=Billing and invoices"
 
