@@ -7,13 +7,20 @@ PIP := $(VENV)/bin/pip
 # The browser tests drive Debian's Chromium; Playwright's own browser
 # download is not used.
 CHROMIUM := /usr/bin/chromium
+# nginx sits in front of the nodes in `make cluster` and in the cluster tests.
+NGINX := /usr/sbin/nginx
 
-.PHONY: run test fuzz lint format bench bench-quick screenshots clean
+.PHONY: run cluster test fuzz lint format bench bench-quick screenshots clean
 
 run: $(VENV)/.runtime node_modules/.installed
 	$(PY) -m sio_server serve
 
-test: $(VENV)/.dev node_modules/.installed $(CHROMIUM)
+# Three nodes on the machine's PostgreSQL and Redis behind nginx, for a demo;
+# `make cluster CLUSTER_ARGS="--nodes 5 --port 9000"` changes the defaults.
+cluster: $(VENV)/.runtime node_modules/.installed $(NGINX)
+	$(PY) -m deploy.cluster $(CLUSTER_ARGS)
+
+test: $(VENV)/.dev node_modules/.installed $(CHROMIUM) $(NGINX)
 	$(PY) -m pytest
 
 # The long form of the fuzz and churn tests, which `make test` runs short.
@@ -52,6 +59,14 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else \
 		echo "Chromium is missing: run 'sudo apt-get install chromium', then make test" >&2; \
+		exit 1; \
+	fi
+
+$(NGINX):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+	else \
+		echo "nginx is missing: run 'sudo apt-get install nginx', then run make again" >&2; \
 		exit 1; \
 	fi
 
