@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
+from redis import asyncio as aioredis
 
 from deploy.nginx import NginxProcess, find_nginx
 from tests.support import ServerProcess, bind_session, free_port
@@ -95,10 +97,6 @@ def require_redis(url: str = REDIS_URL) -> str:
 async def create_database(admin_url: str = POSTGRES_URL) -> str:
     """Create an empty PostgreSQL database and return its URL."""
     try:
-        import asyncpg
-    except ImportError:
-        missing("asyncpg is not installed: run 'make .venv/.dev'")
-    try:
         connection = await asyncpg.connect(admin_url, timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         missing(
@@ -115,8 +113,6 @@ async def create_database(admin_url: str = POSTGRES_URL) -> str:
 
 async def drop_database(database_url: str, admin_url: str = POSTGRES_URL) -> None:
     """Drop a database made by `create_database`, closing its leftover sessions."""
-    import asyncpg
-
     name = urlsplit(database_url).path.lstrip("/")
     assert name.startswith("chat_test_"), f"refusing to drop database {name!r}"
     connection = await asyncpg.connect(admin_url, timeout=5)
@@ -128,11 +124,6 @@ async def drop_database(database_url: str, admin_url: str = POSTGRES_URL) -> Non
 
 async def delete_redis_keys(url: str, prefix: str) -> None:
     """Delete every key that starts with `prefix`."""
-    try:
-        from redis import asyncio as aioredis
-    except ImportError:
-        # Without the redis package no node could have written to Redis.
-        return
     client = aioredis.Redis.from_url(url)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
