@@ -2,7 +2,7 @@
 
 python-socketio's `AsyncRedisManager` carries emits, room changes and
 disconnects between the nodes. `RedisPeople` keeps who is connected where, so
-that any node can answer "is this person online?" and a grace period fires
+that any node can tell whether a person is online, and a grace period fires
 once in the cluster. The keys, each under `CHAT_CLUSTER_NAME` and a colon:
 
 - `person:ROLE:ID`: a set of the person's sids, on every node;
@@ -54,7 +54,7 @@ RETRY_MAX_S = 4.0
 # Queue changes within this window go to the other nodes as one notice.
 QUEUE_NOTICE_DELAY_S = 0.05
 # A lock expires this long after it was taken, in case its node dies holding
-# it; a node waits at most LOCK_WAIT_S for it, trying every LOCK_POLL_S.
+# it. A node waits at most LOCK_WAIT_S for a lock and tries every LOCK_POLL_S.
 LOCK_TTL_S = 15.0
 LOCK_WAIT_S = 10.0
 LOCK_POLL_S = 0.005
@@ -129,8 +129,8 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         self._listening = True
 
     # NOTE: `_publish` is python-socketio's hook that sends to Redis. It logs
-    # two errors for every event it cannot send; while the subscriber knows
-    # Redis is away, events are not sent at all, since every node drops its
+    # two errors for every event it cannot send. While the subscriber has
+    # lost Redis, events are not sent at all, because every node drops its
     # sockets to resync once Redis is back.
     async def _publish(self, data: Any) -> None:
         if self._listening:
@@ -223,6 +223,7 @@ class RedisPeople(People):
         self._queue_notice: asyncio.TimerHandle | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopped = False
 
     def _alive_key(self, node_id: str) -> str:
         return f"{self._prefix}node:{node_id}:alive"
@@ -305,6 +306,7 @@ class RedisPeople(People):
         await self._on_gone([_key(member) for member in gone])
 
     async def stop(self) -> None:
+        self.stopped = True
         for task in self._loops:
             task.cancel()
         for task in [*self._loops, *self._tasks]:
