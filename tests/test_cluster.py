@@ -9,6 +9,7 @@ CHAT_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from tests.cluster import SHORT_PINGS, Cluster, ClusterFactory, RedisServer
 from tests.support import (
     ChatClient,
     Clients,
+    ServerProcess,
     assert_capacity_kept,
     chat_both_ways,
     collect_started,
+    http_json,
     read_history,
     scrape_metrics,
     started_count,
@@ -230,19 +233,76 @@ async def test_simultaneous_ready_one_match(cluster_factory: ClusterFactory) -> 
         await clients.close()
 
 
-async def test_burst_across_nodes_fifo(cluster_factory: ClusterFactory) -> None:
-    """Joins on three nodes are served oldest first, within every capacity."""
+async def queue_order(node: ServerProcess, admin_token: str) -> list[str]:
+    """Return the ids of the queued chats in the order the server serves them."""
+    status, body = await http_json(
+        node, "GET", "/api/admin/overview", token=admin_token
+    )
+    assert status == 200, body
+    return [entry["chat_id"] for entry in body["queue"]]
+
+
+async def serve_in_waves(
+    agents: list[ChatClient],
+    capacities: list[int],
+    chat_ids: list[str],
+    next_in_line: Callable[[], Awaitable[list[str]]] | None = None,
+) -> list[list[str]]:
+    """Take every chat in waves of the agents' full capacity, checking each wave.
+
+    A wave fills every agent to its capacity, never beyond, and serves each
+    chat once. Before the wave's chats end, `next_in_line` returns the queue
+    in the order the next wave must take it; without it the next wave must be
+    the next chats of `chat_ids`.
+    """
+    waves: list[list[str]] = []
+    remaining = list(chat_ids)
+    expected_next: list[str] | None = None
+    while remaining:
+        size = min(sum(capacities), len(remaining))
+        open_chats = await collect_started(agents, size)
+        wave_ids = [chat_id for _, chat_id in open_chats]
+        assert len(wave_ids) == size, f"wave {len(waves)}: {open_chats}"
+        assert len(set(wave_ids)) == size, f"wave {len(waves)} repeats a chat"
+        for agent, capacity in zip(agents, capacities, strict=True):
+            assert assert_capacity_kept(agent, capacity) <= capacity
+        assert set(wave_ids) <= set(remaining), f"wave {len(waves)} served a chat again"
+        if expected_next is not None:
+            assert set(wave_ids) == set(expected_next[:size]), (
+                f"wave {len(waves)} is not the head of the queue"
+            )
+        remaining = [chat_id for chat_id in remaining if chat_id not in wave_ids]
+        if next_in_line is not None:
+            expected_next = await next_in_line()
+            assert set(expected_next) == set(remaining)
+        else:
+            expected_next = remaining
+        waves.append(wave_ids)
+
+        ends = [agent.call("end_chat", {"chat_id": c}) for agent, c in open_chats]
+        for ended in await asyncio.gather(*ends):
+            assert ended["ok"], ended
+    return waves
+
+
+async def test_burst_across_nodes_capacity(cluster_factory: ClusterFactory) -> None:
+    """Joins and readies at once on three nodes: capacity holds, queue order kept.
+
+    Joins sent at the same moment to different nodes have no order of their
+    own, so each later wave is checked against the queue order the server
+    reports while every agent is full.
+    """
     cluster = await cluster_factory(3)
     clients = Clients(cluster.nodes[0])
     capacities = [2, 2, 3]
     try:
+        await cluster.nodes[0].create_agent("root@example.com", is_admin=True)
+        admin_token = await cluster.nodes[0].login("root@example.com")
         groups = [clients.at(node.url) for node in cluster.nodes]
         agents = [
             await group.agent(f"agent{n}@example.com") for n, group in enumerate(groups)
         ]
-        visitors = []
-        for n in range(21):
-            visitors.append(await groups[n % 3].visitor())
+        visitors = [await groups[n % 3].visitor() for n in range(21)]
 
         joins = [visitor.call("join_queue", {}) for visitor in visitors]
         readies = [
@@ -252,33 +312,54 @@ async def test_burst_across_nodes_fifo(cluster_factory: ClusterFactory) -> None:
         replies = await asyncio.gather(*joins, *readies)
         for reply in replies:
             assert reply["ok"], reply
-        created_at = {
-            reply["chat"]["id"]: reply["chat"]["created_at"] for reply in replies[:21]
-        }
-        assert len(created_at) == 21
+        chat_ids = [reply["chat"]["id"] for reply in replies[:21]]
+        assert len(set(chat_ids)) == 21
 
-        remaining = set(created_at)
-        for wave in range(3):
-            open_chats = await collect_started(agents, sum(capacities))
-            assert len(open_chats) == sum(capacities), f"wave {wave}: {open_chats}"
-            for agent, capacity in zip(agents, capacities, strict=True):
-                assert assert_capacity_kept(agent, capacity) == capacity
-
-            wave_ids = [chat_id for _, chat_id in open_chats]
-            assert len(set(wave_ids)) == len(wave_ids), f"wave {wave}: {wave_ids}"
-            assert set(wave_ids) <= remaining, f"wave {wave} served a chat again"
-            remaining -= set(wave_ids)
-            if remaining:
-                assert max(created_at[c] for c in wave_ids) <= min(
-                    created_at[c] for c in remaining
-                ), f"wave {wave} skipped an older chat"
-            ends = [agent.call("end_chat", {"chat_id": c}) for agent, c in open_chats]
-            for ended in await asyncio.gather(*ends):
-                assert ended["ok"], ended
-
-        assert remaining == set()
+        waves = await serve_in_waves(
+            agents,
+            capacities,
+            chat_ids,
+            lambda: queue_order(cluster.nodes[1], admin_token),
+        )
+        assert [len(wave) for wave in waves] == [7, 7, 7]
         for visitor in visitors:
             assert started_count(visitor) == 1
+    finally:
+        await clients.close()
+
+
+async def test_join_order_across_nodes(cluster_factory: ClusterFactory) -> None:
+    """Visitors who join one after another on three nodes are served in that order.
+
+    The agents go ready while the joins arrive, on nodes of their own.
+    """
+    cluster = await cluster_factory(3)
+    clients = Clients(cluster.nodes[0])
+    capacities = [2, 3]
+    try:
+        agents = [
+            await clients.at(cluster.nodes[n].url).agent(f"agent{n}@example.com")
+            for n in range(2)
+        ]
+        groups = [clients.at(node.url) for node in cluster.nodes]
+        visitors = [await groups[n % 3].visitor() for n in range(15)]
+
+        readies = [
+            asyncio.create_task(agent.call("agent_ready", {"max_chats": capacity}))
+            for agent, capacity in zip(agents, capacities, strict=True)
+        ]
+        chat_ids = []
+        for visitor in visitors:
+            joined = await visitor.call("join_queue", {})
+            assert joined["ok"], joined
+            chat_ids.append(joined["chat"]["id"])
+        for reply in await asyncio.gather(*readies):
+            assert reply["ok"], reply
+
+        waves = await serve_in_waves(agents, capacities, chat_ids)
+        assert [set(wave) for wave in waves] == [
+            set(chat_ids[start : start + 5]) for start in range(0, 15, 5)
+        ]
     finally:
         await clients.close()
 
