@@ -152,6 +152,29 @@ def count_events(client: ChatClient, event: str) -> int:
     return sum(1 for name, _ in client.received if name == event)
 
 
+async def next_or_logs(
+    cluster: Cluster, client: ChatClient, event: str, timeout: float
+) -> Any:
+    """Return the next `event` payload, or fail with the end of every log."""
+    try:
+        return await client.next(event, timeout)
+    except TimeoutError:
+        raise AssertionError(
+            f"no {event} within {timeout} s\n{cluster.logs()}"
+        ) from None
+
+
+async def chat_message_both_ways(
+    agent: ChatClient, visitor: ChatClient, chat_id: str
+) -> None:
+    """Send one message each way in an active chat and check that it arrives."""
+    for sender, receiver in ((agent, visitor), (visitor, agent)):
+        text = f"from {sender.auth['role']}"
+        payload = {"chat_id": chat_id, "text": text, "client_id": text}
+        assert (await sender.call("message", payload))["ok"]
+        assert (await receiver.next("message"))["text"] == text
+
+
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest.mark.parametrize("route", ["direct", "nginx"])
 async def test_chat_across_nodes(
@@ -415,7 +438,7 @@ async def test_node_killed_mid_chat(cluster_factory: ClusterFactory) -> None:
 
         # Both come back through nginx to a live node and resend what failed.
         for client in (visitor, agent):
-            await client.next("session", timeout=15)
+            await next_or_logs(cluster, client, "session", 15)
             assert client.sio.connected
         for client, client_id in zip((visitor, agent), in_doubt, strict=True):
             acked.append(await send_with_retries(client, chat_id, client_id))
@@ -442,17 +465,26 @@ async def test_node_killed_mid_chat(cluster_factory: ClusterFactory) -> None:
 
         # Chat 2 is requeued once after the node's heartbeat and the grace
         # period expire, and the spare agent takes it.
-        requeued = await second_visitor.next("chat_requeued", timeout=20)
+        requeued = await next_or_logs(cluster, second_visitor, "chat_requeued", 20)
         assert asyncio.get_running_loop().time() - killed_at >= 3
         assert requeued["chat_id"] == second_chat
         assert requeued["reason"] == "agent_left"
-        restarted = await spare.next("chat_started", timeout=10)
+        restarted = await next_or_logs(cluster, spare, "chat_started", 10)
         assert restarted["chat"]["id"] == second_chat
         assert (await second_visitor.next("chat_started"))["chat"]["id"] == second_chat
         await asyncio.sleep(1.5)
         assert count_events(second_visitor, "chat_requeued") == 1
         assert count_events(spare, "chat_started") == 1
         assert not lost_agent.sio.connected
+
+        # Node 1 starts again and serves: its agent takes a visitor of node 2.
+        cluster.restart(1)
+        bob = await clients.at(cluster.nodes[1].url).agent("bob@example.com")
+        assert (await bob.call("agent_ready", {"max_chats": 1}))["ok"]
+        newcomer = await clients.at(cluster.nodes[2].url).visitor()
+        third_chat = (await newcomer.call("join_queue", {}))["chat"]["id"]
+        assert (await bob.next("chat_started"))["chat"]["id"] == third_chat
+        await chat_message_both_ways(bob, newcomer, third_chat)
     finally:
         await clients.close()
 
