@@ -69,6 +69,11 @@ class ChatView:
             self.messages.setdefault(message["seq"], message)
         self.take_live()
 
+    def assert_no_repeats(self) -> None:
+        """Check that no `message` event with a `seq` seen live came twice."""
+        repeats = len(self.live_seqs) - len(set(self.live_seqs))
+        assert repeats == 0, f"seqs delivered twice: {sorted(self.live_seqs)}"
+
     async def wait_for(self, client_ids: set[str], timeout: float = 20) -> None:
         """Wait until the messages with `client_ids` are seen, at most `timeout` s.
 
@@ -462,6 +467,8 @@ async def test_node_killed_mid_chat(cluster_factory: ClusterFactory) -> None:
         assert after["ok"], after
         assert after["message"]["seq"] == len(stored) + 1
         await agent_view.wait_for({"after"}, timeout=10)
+        agent_view.assert_no_repeats()
+        visitor_view.assert_no_repeats()
 
         # Chat 2 is requeued once after the node's heartbeat and the grace
         # period expire, and the spare agent takes it.
@@ -548,5 +555,4 @@ async def chat_during_redis_restart(
 
     assert_stored_once(await read_history(agent, chat_id), acked)
     for view in (agent_view, visitor_view):
-        duplicates = len(view.live_seqs) - len(set(view.live_seqs))
-        assert duplicates == 0, f"seqs delivered twice: {sorted(view.live_seqs)}"
+        view.assert_no_repeats()
