@@ -20,8 +20,16 @@ run: $(VENV)/.runtime node_modules/.installed
 cluster: $(VENV)/.runtime node_modules/.installed $(NGINX)
 	$(PY) -m deploy.cluster $(CLUSTER_ARGS)
 
+# The suite runs twice: on SQLite, then with every test server on a new
+# PostgreSQL database (see README, Tests). The second pass leaves out the
+# browser tests, which test the web pages and take several minutes whatever
+# the store, and the cluster tests, which run on PostgreSQL in both. Without
+# a PostgreSQL server at CHAT_TEST_POSTGRES_URL its tests skip, or fail when
+# CHAT_REQUIRE_SERVICES=1.
+NOT_IN_POSTGRES_PASS := $(wildcard tests/test_browser*.py) tests/test_cluster.py
 test: $(VENV)/.dev node_modules/.installed $(CHROMIUM) $(NGINX)
 	$(PY) -m pytest
+	CHAT_TEST_DATABASE=postgres $(PY) -m pytest $(addprefix --ignore=,$(NOT_IN_POSTGRES_PASS))
 
 # The long form of the fuzz and churn tests, which `make test` runs short.
 fuzz: $(VENV)/.dev node_modules/.installed

@@ -14,6 +14,7 @@ from limits import RateLimitItem
 
 from .errors import ConfigError
 from .ratelimit import parse_limit
+from .store import SUPPORTED_URLS, is_supported_url
 
 PREFIX = "CHAT_"
 SECRET_KEY_FILE = "secret_key"
@@ -199,8 +200,8 @@ def _parse_log_format(raw: str) -> str:
 
 
 def _parse_database_url(raw: str) -> str:
-    if raw and not raw.startswith("sqlite:///"):
-        raise ValueError("only sqlite:///PATH URLs are supported by this build")
+    if raw and not is_supported_url(raw):
+        raise ValueError(f"unsupported database URL: use {SUPPORTED_URLS}")
     return raw
 
 

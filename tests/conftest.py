@@ -38,10 +38,14 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in servers:
         server.stop()
-    for server in servers:
-        log = server.log()
-        if not server.expect_tracebacks:
-            assert "Traceback" not in log, log[-5000:]
+    try:
+        for server in servers:
+            log = server.log()
+            if not server.expect_tracebacks:
+                assert "Traceback" not in log, log[-5000:]
+    finally:
+        for server in servers:
+            server.drop_database()
 
 
 @pytest.fixture

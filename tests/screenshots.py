@@ -71,6 +71,7 @@ async def take(folder: Path) -> None:
                 await phone.screenshot(path=folder / "widget-phone.png")
         finally:
             server.stop()
+            server.drop_database()
 
 
 if __name__ == "__main__":

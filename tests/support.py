@@ -19,6 +19,12 @@ import socketio
 
 from sio_server.auth import hash_password
 from sio_server.store import create_store
+from tests.database import (
+    create_postgres_database_sync,
+    drop_postgres_database,
+    run_sync,
+    using_postgres,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -33,7 +39,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m sio_server serve` on a free loopback port with its own data dir."""
+    """`python -m sio_server serve` on a free loopback port with its own data dir.
+
+    Under `CHAT_TEST_DATABASE=postgres` it also gets a new PostgreSQL database,
+    kept across restarts until `drop_database`.
+    """
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
@@ -55,6 +65,11 @@ class ServerProcess:
             "CHAT_LIMIT_MESSAGES_PER_VISITOR": "off",
             **env,
         }
+        # The PostgreSQL database created for this server, dropped at the end.
+        self.own_database: str | None = None
+        if using_postgres() and "CHAT_DATABASE_URL" not in env:
+            self.own_database = create_postgres_database_sync()
+            self.env["CHAT_DATABASE_URL"] = self.own_database
         self.process: subprocess.Popen[bytes] | None = None
         # Set by tests that break the server on purpose.
         self.expect_tracebacks = False
@@ -94,17 +109,25 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def drop_database(self) -> None:
+        """Drop the server's own PostgreSQL database, once it has stopped."""
+        if self.own_database is not None:
+            run_sync(drop_postgres_database(self.own_database))
+            self.own_database = None
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'chat.sqlite3'}"
+        return self.env.get("CHAT_DATABASE_URL") or (
+            f"sqlite:///{self.data_dir / 'chat.sqlite3'}"
+        )
 
     async def create_agent(
         self, email: str, name: str | None = None, *, is_admin: bool = False
     ) -> str:
-        store = create_store(self.env.get("CHAT_DATABASE_URL") or self.database_url)
+        store = create_store(self.database_url)
         await store.open()
         try:
             agent = await store.create_agent(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,21 +12,18 @@ import jwt
 import pytest
 import socketio
 
+from tests.database import execute, fetch_many
 from tests.support import ChatClient, Clients, ServerProcess, matched_pair
 
 TABLES = ("visitors", "agents", "chats", "messages", "read_marks")
 
 
-def table_snapshot(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
+async def table_snapshot(server: ServerProcess) -> dict[str, list[tuple[Any, ...]]]:
     """Read every row of every table, so a test can prove nothing changed."""
-    connection = sqlite3.connect(f"file:{data_dir / 'chat.sqlite3'}?mode=ro", uri=True)
-    try:
-        return {
-            table: sorted(connection.execute(f"SELECT * FROM {table}").fetchall())
-            for table in TABLES
-        }
-    finally:
-        connection.close()
+    tables = await fetch_many(
+        server.database_url, [(f"SELECT * FROM {table}", ()) for table in TABLES]
+    )
+    return {table: sorted(rows) for table, rows in zip(TABLES, tables, strict=True)}
 
 
 # (event, payload, expected code); CHAT is replaced by the caller's chat id.
@@ -170,12 +166,12 @@ async def test_bad_payloads_change_nothing(
     server: ServerProcess, clients: Clients
 ) -> None:
     agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
-    before = table_snapshot(server.data_dir)
+    before = await table_snapshot(server)
 
     await check_rejected(visitor, BAD_EVENTS, chat_id)
     await check_rejected(agent, AGENT_BAD_EVENTS, chat_id)
 
-    assert table_snapshot(server.data_dir) == before
+    assert await table_snapshot(server) == before
     await agent.no_more("message", within=0.2)
     reply = await visitor.call(
         "message", {"chat_id": chat_id, "text": "still works", "client_id": "ok"}
@@ -196,7 +192,7 @@ async def test_other_persons_chat_forbidden(
     agent, visitor, chat_id = await matched_pair(clients)
     stranger = await clients.visitor()
     other_agent = await clients.agent("bob@example.com")
-    before = table_snapshot(server.data_dir)
+    before = await table_snapshot(server)
     for client in (stranger, other_agent):
         for event, payload in (
             ("message", {"chat_id": chat_id, "text": "hi", "client_id": "s"}),
@@ -207,7 +203,7 @@ async def test_other_persons_chat_forbidden(
         ):
             reply = await client.call(event, payload)
             assert reply["error"]["code"] == "forbidden", (event, reply)
-    assert table_snapshot(server.data_dir) == before
+    assert await table_snapshot(server) == before
     await agent.no_more("typing", within=0.1)
     await visitor.no_more("chat_ended", within=0.1)
 
@@ -318,10 +314,7 @@ async def test_handler_fault_replies_internal_error(
     """A handler that raises replies internal_error and the server keeps serving."""
     agent, visitor, chat_id = await matched_pair(clients, first_message="hi")
     server.expect_tracebacks = True
-    damage = sqlite3.connect(server.data_dir / "chat.sqlite3")
-    damage.execute("DROP TABLE read_marks")
-    damage.commit()
-    damage.close()
+    await execute(server.database_url, "DROP TABLE read_marks")
 
     reply = await agent.call("read", {"chat_id": chat_id, "seq": 1})
     assert reply["ok"] is False

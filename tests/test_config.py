@@ -6,12 +6,20 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sio_server.config import Settings, ensure_secret_key, load_settings
 from sio_server.errors import ConfigError
+from sio_server.store import PostgresStore, SQLiteStore, create_store
+from tests.database import (
+    create_postgres_database,
+    drop_postgres_database,
+    using_postgres,
+)
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,13 +102,30 @@ def run_cli(tmp_path: Path, *args: str, stdin: str = "", **env: str):
     )
 
 
-def test_create_agent_command(tmp_path: Path) -> None:
+@pytest.fixture
+async def database_env() -> AsyncIterator[dict[str, str]]:
+    """`CHAT_DATABASE_URL` of a new database under CHAT_TEST_DATABASE=postgres."""
+    if not using_postgres():
+        yield {}
+        return
+    url = await create_postgres_database()
+    try:
+        yield {"CHAT_DATABASE_URL": url}
+    finally:
+        await drop_postgres_database(url)
+
+
+def test_create_agent_command(tmp_path: Path, database_env: dict[str, str]) -> None:
     args = ("create-agent", "--email", "ann@example.com", "--name", "Ann")
-    created = run_cli(tmp_path, *args, "--password-stdin", stdin="long enough pw\n")
+    created = run_cli(
+        tmp_path, *args, "--password-stdin", stdin="long enough pw\n", **database_env
+    )
     assert created.returncode == 0, created.stderr
     assert len(created.stdout.strip()) == 36
 
-    again = run_cli(tmp_path, *args, "--password-stdin", stdin="long enough pw\n")
+    again = run_cli(
+        tmp_path, *args, "--password-stdin", stdin="long enough pw\n", **database_env
+    )
     assert again.returncode == 2
     assert "ann@example.com" in again.stderr
 
@@ -124,6 +149,41 @@ def test_serve_bad_setting_exits(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "serve", CHAT_PORT="not-a-port")
     assert result.returncode == 2
     assert "CHAT_PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://chat:secret@127.0.0.1:5432/chat",
+        "postgres://127.0.0.1/chat?sslmode=disable",
+        "sqlite:///var/chat.sqlite3",
+    ],
+)
+def test_database_url_accepted(url: str) -> None:
+    assert load_settings({"CHAT_DATABASE_URL": url}).effective_database_url == url
+
+
+def test_store_chosen_by_url(tmp_path: Path) -> None:
+    assert isinstance(create_store("postgresql://127.0.0.1/chat"), PostgresStore)
+    assert isinstance(create_store("postgres://127.0.0.1/chat"), PostgresStore)
+    sqlite_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    assert isinstance(create_store(sqlite_url), SQLiteStore)
+    with pytest.raises(ConfigError, match="postgresql://"):
+        create_store("mysql://127.0.0.1/chat")
+
+
+def test_serve_unreachable_database_exits(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql://chat:hunter2secret@127.0.0.1:{port}/chat"
+    result = run_cli(
+        tmp_path, "serve", CHAT_DATABASE_URL=url, CHAT_PORT=str(free_port())
+    )
+    assert result.returncode == 2
+    assert f"connecting to PostgreSQL at 127.0.0.1:{port}/chat failed" in result.stderr
+    assert "hunter2secret" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_busy_port_exits(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 import socketio
 
 from sio_server.config import Settings
+from tests.database import fetch_rows
 from tests.support import PASSWORD, ChatClient, Clients, ServerProcess, matched_pair
 
 
@@ -27,15 +27,13 @@ def message(chat_id: str, n: int) -> dict[str, Any]:
     return {"chat_id": chat_id, "text": f"line {n}", "client_id": f"c{n}"}
 
 
-def stored_texts(server: ServerProcess, chat_id: str) -> list[str]:
-    db = sqlite3.connect(server.data_dir / "chat.sqlite3")
-    try:
-        rows = db.execute(
-            "SELECT text FROM messages WHERE chat_id = ? ORDER BY seq", (chat_id,)
-        )
-        return [row[0] for row in rows]
-    finally:
-        db.close()
+async def stored_texts(server: ServerProcess, chat_id: str) -> list[str]:
+    rows = await fetch_rows(
+        server.database_url,
+        "SELECT text FROM messages WHERE chat_id = $1 ORDER BY seq",
+        chat_id,
+    )
+    return [row[0] for row in rows]
 
 
 async def after_waiting(attempt: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
@@ -102,7 +100,7 @@ async def test_messages_per_visitor(
     # Agents are not limited, and nothing was stored for the rejected ones.
     reply = await agent.call("message", message(chat_id, 9))
     assert reply["ok"], reply
-    assert stored_texts(clients.server, chat_id) == [
+    assert await stored_texts(clients.server, chat_id) == [
         "line 0",
         "line 1",
         "line 2",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Callable
 
+from tests.database import fetch_rows
 from tests.support import ChatClient, Clients, ServerProcess
 
 PUMPING_VISITORS = 3
@@ -63,10 +63,7 @@ async def test_stop_during_messages_is_clean(
         await clients.close()
 
     assert acked, "no message was acknowledged before the stop"
-    database = sqlite3.connect(server.data_dir / "chat.sqlite3")
-    try:
-        stored = {row[0] for row in database.execute("SELECT client_id FROM messages")}
-    finally:
-        database.close()
+    rows = await fetch_rows(server.database_url, "SELECT client_id FROM messages")
+    stored = {row[0] for row in rows}
     assert set(acked) <= stored
     assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +39,25 @@ from ..models import (
     Timings,
     Visitor,
     new_id,
-    parse_time,
     utc_now,
 )
 from .base import Store
+from .common import (
+    AGENT_FIELDS,
+    CANNED_COLUMNS,
+    CHAT_COLUMNS,
+    CHAT_FROM,
+    MESSAGE_COLUMNS,
+    NOTE_COLUMNS,
+    check_agent_chat,
+    check_can_rate,
+    check_can_take,
+    new_message,
+    seconds_between,
+)
+from .migrations import load_migrations
 
 logger = logging.getLogger("sio_server.store")
-
-_CHAT_COLUMNS = """
-    c.id, c.status, c.visitor_id, v.name AS visitor_name, c.agent_id,
-    a.name AS agent_name, c.department, c.created_at, c.queued_at, c.assigned_at,
-    c.ended_at, c.ended_by, c.end_reason, c.last_seq, v.email AS visitor_email,
-    c.rating_score, c.rating_comment, c.rated_at
-"""
-_CHAT_FROM = """
-    FROM chats c
-    JOIN visitors v ON v.id = c.visitor_id
-    LEFT JOIN agents a ON a.id = c.agent_id
-"""
-_MESSAGE_COLUMNS = (
-    "id, chat_id, seq, sender_role, sender_id, sender_name, text, client_id, created_at"
-)
 
 
 def _chat(row: sqlite3.Row) -> Chat:
@@ -72,7 +69,7 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 def _agent(row: sqlite3.Row) -> Agent:
-    values = {key: row[key] for key in _AGENT_FIELDS}
+    values = {key: row[key] for key in AGENT_FIELDS}
     values["is_admin"] = bool(values["is_admin"])
     values["disabled"] = bool(values["disabled"])
     if values["departments"] is not None:
@@ -86,17 +83,6 @@ def _note(row: sqlite3.Row) -> Note:
 
 def _canned(row: sqlite3.Row) -> CannedResponse:
     return CannedResponse(**dict(row))
-
-
-def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
-    """Return `(version, name, sql)` for each migration file of `dialect`, in order."""
-    folder = resources.files("sio_server.store") / "migrations" / dialect
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 class SQLiteStore(Store):
@@ -431,7 +417,7 @@ class SQLiteStore(Store):
             await _store_visitor(db, visitor)
             existing = await _fetch_one(
                 db,
-                f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+                f"SELECT {CHAT_COLUMNS} {CHAT_FROM}"
                 " WHERE c.visitor_id = ? AND c.status IN ('queued', 'active')",
                 (visitor_id,),
             )
@@ -458,20 +444,20 @@ class SQLiteStore(Store):
                 sender = Sender(role="visitor", id=visitor_id, name=visitor.name)
                 await _insert_message(db, chat_id, 1, sender, text, client_id)
             row = await _fetch_one(
-                db, f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+                db, f"SELECT {CHAT_COLUMNS} {CHAT_FROM} WHERE c.id = ?", (chat_id,)
             )
         assert row is not None
         return _chat(row), True
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         row = await self._read_one(
-            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+            f"SELECT {CHAT_COLUMNS} {CHAT_FROM} WHERE c.id = ?", (chat_id,)
         )
         return _chat(row) if row else None
 
     async def open_chat_of_visitor(self, visitor_id: str) -> Chat | None:
         row = await self._read_one(
-            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+            f"SELECT {CHAT_COLUMNS} {CHAT_FROM}"
             " WHERE c.visitor_id = ? AND c.status IN ('queued', 'active')",
             (visitor_id,),
         )
@@ -479,7 +465,7 @@ class SQLiteStore(Store):
 
     async def active_chats_of_agent(self, agent_id: str) -> list[Chat]:
         rows = await self._read_all(
-            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM}"
+            f"SELECT {CHAT_COLUMNS} {CHAT_FROM}"
             " WHERE c.agent_id = ? AND c.status = 'active'"
             " ORDER BY c.assigned_at, c.queue_rank, c.id",
             (agent_id,),
@@ -505,7 +491,7 @@ class SQLiteStore(Store):
                 params.append(value)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._read_all(
-            f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} {where}"
+            f"SELECT {CHAT_COLUMNS} {CHAT_FROM} {where}"
             " ORDER BY c.created_at DESC, c.id DESC LIMIT ?",
             (*params, limit),
         )
@@ -522,7 +508,7 @@ class SQLiteStore(Store):
                 (utc_now(), ended_by, reason, chat_id),
             )
             row = await _fetch_one(
-                db, f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id = ?", (chat_id,)
+                db, f"SELECT {CHAT_COLUMNS} {CHAT_FROM} WHERE c.id = ?", (chat_id,)
             )
             if row is None:
                 raise NotFound(f"chat {chat_id!r} not found")
@@ -632,7 +618,7 @@ class SQLiteStore(Store):
             )
             if row is None:
                 raise NotFound(f"agent {to_agent_id!r} not found")
-            _check_can_take(_agent_load(row), chat["department"])
+            check_can_take(_agent_load(row), chat["department"])
             now = utc_now()
             await db.execute(
                 "UPDATE chats SET agent_id = ?, assigned_at = ?,"
@@ -770,7 +756,7 @@ class SQLiteStore(Store):
                 )
             stored = await _fetch_one(
                 db,
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
                 " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
                 (chat_id, sender.id, client_id),
             )
@@ -794,16 +780,7 @@ class SQLiteStore(Store):
                 "SELECT visitor_id, agent_id, status, rated_at FROM chats WHERE id = ?",
                 (chat_id,),
             )
-            if row is None:
-                raise NotFound(f"chat {chat_id!r} not found")
-            if row["visitor_id"] != visitor_id:
-                raise Forbidden(f"chat {chat_id!r} is not yours")
-            if row["status"] != "ended" or row["agent_id"] is None:
-                raise WrongState(
-                    "only a chat with an agent that has ended can be rated"
-                )
-            if row["rated_at"] is not None:
-                raise WrongState(f"chat {chat_id!r} is rated already")
+            check_can_rate(row, chat_id, visitor_id)
             await db.execute(
                 "UPDATE chats SET rating_score = ?, rating_comment = ?, rated_at = ?"
                 " WHERE id = ?",
@@ -825,8 +802,8 @@ class SQLiteStore(Store):
             (limit,),
         )
         return Timings(
-            waits=[_seconds_between(row[0], row[1]) for row in reversed(waits)],
-            durations=[_seconds_between(row[0], row[1]) for row in reversed(durations)],
+            waits=[seconds_between(row[0], row[1]) for row in reversed(waits)],
+            durations=[seconds_between(row[0], row[1]) for row in reversed(durations)],
         )
 
     async def queue_position(self, chat_id: str) -> int:
@@ -876,7 +853,7 @@ class SQLiteStore(Store):
         self, chat_id: str, sender: Sender, text: str, client_id: str
     ) -> tuple[Message, bool]:
         # The seq is known only once the INSERT has run.
-        message = _new_message(chat_id, 0, sender, text, client_id)
+        message = new_message(chat_id, 0, sender, text, client_id)
         params = {
             "id": message.id,
             "chat_id": chat_id,
@@ -936,7 +913,7 @@ class SQLiteStore(Store):
         if owner != sender.id:
             raise Forbidden(f"chat {chat_id!r} is not yours")
         existing = await self._read_one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages"
             " WHERE chat_id = ? AND sender_id = ? AND client_id = ?",
             (chat_id, sender.id, client_id),
         )
@@ -948,7 +925,7 @@ class SQLiteStore(Store):
         self, chat_id: str, *, after_seq: int = 0, limit: int = 100
     ) -> tuple[list[Message], bool]:
         rows = await self._read_all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq > ?"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq > ?"
             " ORDER BY seq LIMIT ?",
             (chat_id, after_seq, limit + 1),
         )
@@ -970,7 +947,7 @@ class SQLiteStore(Store):
             created = cursor.rowcount == 1
             row = await _fetch_one(
                 db,
-                f"SELECT {_NOTE_COLUMNS} FROM notes"
+                f"SELECT {NOTE_COLUMNS} FROM notes"
                 " WHERE chat_id = ? AND author_id = ? AND client_id = ?",
                 (chat_id, author.id, client_id),
             )
@@ -979,7 +956,7 @@ class SQLiteStore(Store):
 
     async def list_notes(self, chat_id: str) -> list[Note]:
         rows = await self._read_all(
-            f"SELECT {_NOTE_COLUMNS} FROM notes WHERE chat_id = ?"
+            f"SELECT {NOTE_COLUMNS} FROM notes WHERE chat_id = ?"
             " ORDER BY created_at, rowid",
             (chat_id,),
         )
@@ -989,7 +966,7 @@ class SQLiteStore(Store):
 
     async def list_canned(self) -> list[CannedResponse]:
         rows = await self._read_all(
-            f"SELECT {_CANNED_COLUMNS} FROM canned_responses ORDER BY shortcut"
+            f"SELECT {CANNED_COLUMNS} FROM canned_responses ORDER BY shortcut"
         )
         return [_canned(row) for row in rows]
 
@@ -1000,7 +977,7 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             try:
                 await db.execute(
-                    f"INSERT INTO canned_responses ({_CANNED_COLUMNS})"
+                    f"INSERT INTO canned_responses ({CANNED_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (canned_id, shortcut, text, created_by, now, now),
                 )
@@ -1008,7 +985,7 @@ class SQLiteStore(Store):
                 raise WrongState(f"shortcut {shortcut!r} is taken") from exc
             row = await _fetch_one(
                 db,
-                f"SELECT {_CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
+                f"SELECT {CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
                 (canned_id,),
             )
         assert row is not None
@@ -1030,7 +1007,7 @@ class SQLiteStore(Store):
                 raise NotFound(f"canned response {canned_id!r} not found")
             row = await _fetch_one(
                 db,
-                f"SELECT {_CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
+                f"SELECT {CANNED_COLUMNS} FROM canned_responses WHERE id = ?",
                 (canned_id,),
             )
         assert row is not None
@@ -1105,28 +1082,13 @@ _VISITOR_SILENT = (
 # Messages committed together at most; a bound keeps one slow batch short.
 MESSAGE_BATCH = 256
 
-_AGENT_FIELDS = (
-    "id",
-    "email",
-    "name",
-    "password_hash",
-    "is_admin",
-    "status",
-    "max_chats",
-    "created_at",
-    "departments",
-    "disabled",
-    "token_version",
-)
-_AGENT_SELECT = f"SELECT {', '.join(_AGENT_FIELDS)} FROM agents"
+_AGENT_SELECT = f"SELECT {', '.join(AGENT_FIELDS)} FROM agents"
 _AGENT_LOAD_SELECT = (
-    f"SELECT {', '.join(_AGENT_FIELDS)}, connected,"
+    f"SELECT {', '.join(AGENT_FIELDS)}, connected,"
     " (SELECT COUNT(*) FROM chats c WHERE c.agent_id = agents.id"
     "  AND c.status = 'active') AS load"
     " FROM agents"
 )
-_NOTE_COLUMNS = "id, chat_id, author_id, author_name, text, client_id, created_at"
-_CANNED_COLUMNS = "id, shortcut, text, created_by, created_at, updated_at"
 
 
 async def _store_visitor(db: aiosqlite.Connection, visitor: Visitor) -> None:
@@ -1161,28 +1123,6 @@ def _agent_load(row: sqlite3.Row) -> AgentLoad:
     )
 
 
-def _check_can_take(target: AgentLoad, department: str | None) -> None:
-    """Raise `TransferRejected` when `target` cannot take a chat right now."""
-    agent = target.agent
-    if not target.connected:
-        raise TransferRejected(f"{agent.name} is offline", "agent_offline")
-    if agent.status != "ready":
-        raise TransferRejected(f"{agent.name} is away", "agent_away")
-    if target.load >= agent.max_chats:
-        raise TransferRejected(
-            f"{agent.name} has {target.load} of {agent.max_chats} chats open",
-            "agent_full",
-        )
-    if (
-        department is not None
-        and agent.departments is not None
-        and department not in agent.departments
-    ):
-        raise TransferRejected(
-            f"{agent.name} does not serve department {department!r}", "department"
-        )
-
-
 async def _chat_of_agent(
     db: aiosqlite.Connection, chat_id: str, agent_id: str
 ) -> sqlite3.Row:
@@ -1190,13 +1130,7 @@ async def _chat_of_agent(
     row = await _fetch_one(
         db, "SELECT agent_id, status, department FROM chats WHERE id = ?", (chat_id,)
     )
-    if row is None:
-        raise NotFound(f"chat {chat_id!r} not found")
-    if row["agent_id"] != agent_id:
-        raise Forbidden(f"chat {chat_id!r} is not yours")
-    if row["status"] != "active":
-        raise WrongState(f"chat {chat_id!r} is {row['status']}, not active")
-    return row
+    return check_agent_chat(row, chat_id, agent_id)
 
 
 async def _requeue_at_front(
@@ -1219,10 +1153,6 @@ async def _requeue_at_front(
         )
 
 
-def _seconds_between(start: str, end: str) -> float:
-    return (parse_time(end) - parse_time(start)).total_seconds()
-
-
 async def _fetch_one(
     db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
 ) -> sqlite3.Row | None:
@@ -1236,7 +1166,7 @@ async def _fetch_chats(db: aiosqlite.Connection, chat_ids: list[str]) -> list[Ch
         return []
     marks = ", ".join("?" for _ in chat_ids)
     rows = await db.execute_fetchall(
-        f"SELECT {_CHAT_COLUMNS} {_CHAT_FROM} WHERE c.id IN ({marks})", chat_ids
+        f"SELECT {CHAT_COLUMNS} {CHAT_FROM} WHERE c.id IN ({marks})", chat_ids
     )
     by_id = {row["id"]: _chat(row) for row in rows}
     return [by_id[chat_id] for chat_id in chat_ids]
@@ -1250,9 +1180,9 @@ async def _insert_message(
     text: str,
     client_id: str,
 ) -> Message:
-    message = _new_message(chat_id, seq, sender, text, client_id)
+    message = new_message(chat_id, seq, sender, text, client_id)
     await db.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.id,
             message.chat_id,
@@ -1266,22 +1196,6 @@ async def _insert_message(
         ),
     )
     return message
-
-
-def _new_message(
-    chat_id: str, seq: int, sender: Sender, text: str, client_id: str
-) -> Message:
-    return Message(
-        id=new_id(),
-        chat_id=chat_id,
-        seq=seq,
-        sender_role=sender.role,
-        sender_id=sender.id,
-        sender_name=sender.name,
-        text=text,
-        client_id=client_id,
-        created_at=utc_now(),
-    )
 
 
 def _split_sql(script: str) -> list[str]:
