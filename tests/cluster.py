@@ -1,7 +1,8 @@
 """Several server nodes behind nginx, and the services that a cluster needs.
 
-Tests that need nginx, Redis or PostgreSQL skip with a message naming what to
-install when it is missing, and fail instead when CHAT_REQUIRE_SERVICES=1.
+Tests that need nginx or Redis skip with a message naming what to install
+when it is missing, and fail instead when CHAT_REQUIRE_SERVICES=1, as
+tests/database.py does for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from redis import asyncio as aioredis
 
@@ -29,12 +29,9 @@ from deploy.nginx import NginxProcess, find_nginx
 from tests.support import ServerProcess, bind_session, free_port
 
 REQUIRE_SERVICES = os.environ.get("CHAT_REQUIRE_SERVICES") == "1"
-# The machine's Redis and PostgreSQL. Each cluster gets its own key prefix in
-# Redis and its own database, which is dropped afterwards.
+# The machine's Redis. Each cluster gets its own key prefix in it, and its
+# own PostgreSQL database from tests/database.py.
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "CHAT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 # Loopback addresses that clients connect from, so that nginx's hash of the
 # client address spreads them over the nodes.
 SOURCE_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 255)]
@@ -92,34 +89,6 @@ def require_redis(url: str = REDIS_URL) -> str:
             " or set CHAT_TEST_REDIS_URL"
         )
     return url
-
-
-async def create_database(admin_url: str = POSTGRES_URL) -> str:
-    """Create an empty PostgreSQL database and return its URL."""
-    try:
-        connection = await asyncpg.connect(admin_url, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        missing(
-            f"PostgreSQL does not answer at {admin_url} ({exc}): install"
-            " postgresql and start it, or set CHAT_TEST_POSTGRES_URL"
-        )
-    name = f"chat_test_{secrets.token_hex(6)}"
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-
-
-async def drop_database(database_url: str, admin_url: str = POSTGRES_URL) -> None:
-    """Drop a database made by `create_database`, closing its leftover sessions."""
-    name = urlsplit(database_url).path.lstrip("/")
-    assert name.startswith("chat_test_"), f"refusing to drop database {name!r}"
-    connection = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 async def delete_redis_keys(url: str, prefix: str) -> None:

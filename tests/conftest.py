@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import (
-    Cluster,
-    create_database,
-    delete_redis_keys,
-    drop_database,
-    require_nginx,
-    require_redis,
-)
+from tests.cluster import Cluster, delete_redis_keys, require_nginx, require_redis
+from tests.database import create_postgres_database, drop_postgres_database
 from tests.support import Clients, ServerProcess
 
 
@@ -102,7 +96,7 @@ async def cluster_factory(
         uses_shared_redis = shared and redis_url is None
         if shared:
             redis_url = redis_url or require_redis()
-            database_url = await create_database()
+            database_url = await create_postgres_database()
             databases.append(database_url)
         cluster = Cluster(
             tmp_path / f"cluster{len(clusters)}",
@@ -121,7 +115,7 @@ async def cluster_factory(
     for cluster in clusters:
         cluster.stop()
     for database_url in databases:
-        await drop_database(database_url)
+        await drop_postgres_database(database_url)
     for cluster in on_shared_redis:
         assert cluster.redis_url is not None
         await delete_redis_keys(cluster.redis_url, cluster.name)
