@@ -46,7 +46,7 @@ SHORT_PINGS = {"CHAT_PING_INTERVAL_S": "1", "CHAT_PING_TIMEOUT_S": "2"}
 def missing(requirement: str) -> NoReturn:
     """Skip the test for want of `requirement`, or fail it when services are required.
 
-    `requirement` says what is missing and how to install it.
+    `requirement` names what is missing and how to install it.
     """
     if REQUIRE_SERVICES:
         pytest.fail(f"{requirement} (CHAT_REQUIRE_SERVICES=1)", pytrace=False)
@@ -68,7 +68,7 @@ def require_redis_server() -> str:
 
 
 def redis_answers(url: str, timeout: float = 2) -> bool:
-    """Tell whether a Redis server at `url` answers PING."""
+    """Tell whether a Redis server at `url` replies to PING."""
     parts = urlsplit(url)
     try:
         with socket.create_connection(
@@ -78,14 +78,14 @@ def redis_answers(url: str, timeout: float = 2) -> bool:
             reply = sock.recv(64)
     except OSError:
         return False
-    # A server with a password answers -NOAUTH, which still means it is up.
+    # A server with a password replies -NOAUTH, which still means it is up.
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
 def require_redis(url: str = REDIS_URL) -> str:
     if not redis_answers(url):
         missing(
-            f"Redis does not answer at {url}: install redis-server and start it,"
+            f"Redis at {url} is unreachable: install redis-server and start it,"
             " or set CHAT_TEST_REDIS_URL"
         )
     return url
@@ -141,7 +141,7 @@ class RedisServer:
             if redis_answers(self.url, timeout=0.2):
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer within {timeout} s")
+        raise RuntimeError(f"redis-server did not reply to PING within {timeout} s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
