@@ -19,16 +19,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit
 
-import pytest
 from redis import asyncio as aioredis
 
 from deploy.nginx import NginxProcess, find_nginx
+from tests.database import missing
 from tests.support import ServerProcess, bind_session, free_port
 
-REQUIRE_SERVICES = os.environ.get("CHAT_REQUIRE_SERVICES") == "1"
 # The machine's Redis. Each cluster gets its own key prefix in it, and its
 # own PostgreSQL database from tests/database.py.
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -41,16 +39,6 @@ UPSTREAM_FIELD = re.compile(r"upstream=(.+?) upstream_status=")
 # poll, which the server ends only after a ping interval plus a ping timeout.
 # Short ones keep tests with polling clients at seconds instead of 45 s.
 SHORT_PINGS = {"CHAT_PING_INTERVAL_S": "1", "CHAT_PING_TIMEOUT_S": "2"}
-
-
-def missing(requirement: str) -> NoReturn:
-    """Skip the test for want of `requirement`, or fail it when services are required.
-
-    `requirement` names what is missing and how to install it.
-    """
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{requirement} (CHAT_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(requirement)
 
 
 def require_nginx() -> str:
