@@ -51,6 +51,10 @@ GRACE_POLL_S = 0.2
 # Pause between attempts to reach Redis again.
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 4.0
+# Redis connections per client. A command waits up to POOL_WAIT_S for a free
+# one instead of failing at once, as redis-py's default pool of 100 does.
+POOL_SIZE = 256
+POOL_WAIT_S = 5.0
 # Queue changes within this window go to the other nodes as one notice.
 QUEUE_NOTICE_DELAY_S = 0.05
 # A lock expires this long after it was taken, in case its node dies holding
@@ -123,7 +127,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
             url=url,
             channel=channel,
             json=OrjsonCodec,
-            redis_options={"socket_connect_timeout": 2},
+            redis_options={"socket_connect_timeout": 2, "max_connections": 4096},
         )
         self.on_resubscribed: Callable[[], None] | None = None
         self._listening = True
@@ -187,11 +191,15 @@ class RedisPeople(People):
     ) -> None:
         super().__init__(local)
         self.node_id = settings.node_id or f"{gethostname()}:{os.getpid()}"
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+        self._redis = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_WAIT_S,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+            )
         )
         # A subscriber waits for messages as long as it takes, so its
         # connection has no read timeout.
@@ -217,8 +225,10 @@ class RedisPeople(People):
         self._add = self._redis.register_script(_ADD)
         self._remove = self._redis.register_script(_REMOVE)
         self._sweep = self._redis.register_script(_SWEEP)
-        # Grace periods that started while Redis was unreachable.
+        # Grace periods that started, and sockets that connected, while Redis
+        # was unreachable; they go to Redis once it answers again.
         self._pending_grace: dict[PersonKey, float] = {}
+        self._unregistered: dict[str, Connection] = {}
         self._reachable = True
         self._queue_notice: asyncio.TimerHandle | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -329,26 +339,32 @@ class RedisPeople(People):
 
     async def add(self, connection: Connection) -> bool:
         first_here = self.local.add(connection)
+        self._pending_grace.pop(connection.key, None)
         try:
-            count = await self._add(
-                keys=[
-                    self._person_key(connection.key),
-                    self._sockets_key(self.node_id),
-                    self._grace_key,
-                ],
-                args=[connection.sid, _member(connection.key)],
-            )
+            count = await self._register_socket(connection)
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            self._pending_grace.pop(connection.key, None)
+            self._unregistered[connection.sid] = connection
             return first_here
-        self._pending_grace.pop(connection.key, None)
-        return int(count) == 1
+        return count == 1
+
+    async def _register_socket(self, connection: Connection) -> int:
+        count = await self._add(
+            keys=[
+                self._person_key(connection.key),
+                self._sockets_key(self.node_id),
+                self._grace_key,
+            ],
+            args=[connection.sid, _member(connection.key)],
+        )
+        return int(count)
 
     async def remove(self, sid: str) -> tuple[Connection | None, bool]:
         connection, last_here = self.local.remove(sid)
         if connection is None:
             return None, False
+        if self._unregistered.pop(sid, None) is not None:
+            return connection, last_here and not await self.is_online(connection.key)
         try:
             removed, count = await self._remove(
                 keys=[
@@ -363,21 +379,25 @@ class RedisPeople(People):
         # A socket a cleanup removed already had its grace period started.
         return connection, bool(removed) and int(count) == 0
 
+    # This node's own sockets always count, also those Redis has not heard of.
+
     async def sockets(self, key: PersonKey) -> set[str]:
+        local = self.local.sockets(key)
         try:
-            return {
-                str(sid) for sid in await self._redis.smembers(self._person_key(key))
-            }
+            shared = await self._redis.smembers(self._person_key(key))
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            return self.local.sockets(key)
+            return local
+        return local | {str(sid) for sid in shared}
 
     async def is_online(self, key: PersonKey) -> bool:
+        if self.local.is_online(key):
+            return True
         try:
             return bool(await self._redis.scard(self._person_key(key)))
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            return self.local.is_online(key)
+            return False
 
     async def shared_state(self) -> str:
         try:
@@ -453,6 +473,17 @@ class RedisPeople(People):
                 self._unreachable(exc)
 
     async def _claim_due(self) -> None:
+        for sid, connection in list(self._unregistered.items()):
+            await self._register_socket(connection)
+            if self._unregistered.pop(sid, None) is None:
+                # The socket disconnected while it was being registered.
+                await self._remove(
+                    keys=[
+                        self._person_key(connection.key),
+                        self._sockets_key(self.node_id),
+                    ],
+                    args=[sid],
+                )
         if self._pending_grace:
             pending = {_member(key): at for key, at in self._pending_grace.items()}
             await self._redis.zadd(self._grace_key, pending)
