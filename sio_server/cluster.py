@@ -191,8 +191,9 @@ class RedisPeople(People):
     ) -> None:
         super().__init__(local)
         self.node_id = settings.node_id or f"{gethostname()}:{os.getpid()}"
-        self._redis = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
+        # from_pool gives the client the pool, so closing one closes both.
+        self._redis = redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=POOL_SIZE,
                 timeout=POOL_WAIT_S,
