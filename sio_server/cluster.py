@@ -130,14 +130,14 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
             redis_options={"socket_connect_timeout": 2, "max_connections": 4096},
         )
         self.on_resubscribed: Callable[[], None] | None = None
-        self._listening = True
+        self.listening = True
 
     # NOTE: `_publish` is python-socketio's hook that sends to Redis. It logs
     # two errors for every event it cannot send. While the subscriber has
     # lost Redis, events are not sent at all, because every node drops its
     # sockets to resync once Redis is back.
     async def _publish(self, data: Any) -> None:
-        if self._listening:
+        if self.listening:
             await super()._publish(data)
 
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
@@ -153,7 +153,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
                     subscribed = True
-                    self._listening = True
+                    self.listening = True
                     pause_s = RETRY_MIN_S
                     if failed:
                         failed = False
@@ -171,7 +171,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     )
                 subscribed = False
                 failed = True
-                self._listening = False
+                self.listening = False
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
@@ -212,6 +212,8 @@ class RedisPeople(People):
         )
         self._prefix = f"{settings.cluster_name}:"
         self._nodes_key = f"{self._prefix}nodes"
+        # Exists while Redis holds the cluster's state.
+        self._epoch_key = f"{self._prefix}epoch"
         self._grace_key = f"{self._prefix}grace"
         self._queue_channel = f"{self._prefix}queue"
         self._ttl_s = settings.node_ttl_s
@@ -231,6 +233,9 @@ class RedisPeople(People):
         self._pending_grace: dict[PersonKey, float] = {}
         self._unregistered: dict[str, Connection] = {}
         self._reachable = True
+        self._rejoining = False
+        # Whether the Socket.IO channel is subscribed; set by the server.
+        self.subscribed: Callable[[], bool] = lambda: True
         self._queue_notice: asyncio.TimerHandle | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -265,12 +270,16 @@ class RedisPeople(People):
     async def _register(self) -> bool:
         """Clean up after dead nodes, then announce this one; True if it is alone.
 
-        A lock keeps two nodes that start together from both finding
+        Alone means that no other node is alive, or that Redis holds no
+        cluster state at all: it is new, or it restarted without its data
+        and lost every grace period. Either way this node restarts them.
+        A lock keeps two nodes that register together from both finding
         themselves alone.
         """
         async with self._redis.lock(
             f"{self._prefix}register", timeout=30, blocking_timeout=30
         ):
+            fresh = await self._redis.set(self._epoch_key, self.node_id, nx=True)
             # Sockets a previous process with this node id left behind.
             await self._clean_up(self.node_id, force=True)
             others = []
@@ -282,7 +291,7 @@ class RedisPeople(People):
                 else:
                     await self._clean_up(node_id)
             await self._beat()
-        return not others
+        return bool(fresh) or not others
 
     async def _nodes(self) -> list[str]:
         return [str(node_id) for node_id in await self._redis.smembers(self._nodes_key)]
@@ -503,6 +512,14 @@ class RedisPeople(People):
         while True:
             await asyncio.sleep(self._ttl_s / 3)
             try:
+                if self._rejoining:
+                    continue
+                if not await self._redis.exists(self._alive_key(self.node_id)):
+                    # Redis lost this node's keys (it restarted without its
+                    # data, or this node stalled and was cleaned up), so its
+                    # sockets are unknown to the other nodes.
+                    self._start_rejoin()
+                    continue
                 await self._beat()
                 self._reachable = True
                 for node_id in await self._nodes():
@@ -516,25 +533,39 @@ class RedisPeople(People):
                 logger.exception("cluster heartbeat failed")
 
     def resubscribed(self) -> None:
-        """Register again and resynchronise after Redis came back."""
-        self._spawn(self._rejoin())
+        """Register again and resynchronise after the Socket.IO channel came back."""
+        self._start_rejoin()
+
+    def _start_rejoin(self) -> None:
+        if not self._rejoining:
+            self._rejoining = True
+            self._spawn(self._rejoin())
 
     async def _rejoin(self) -> None:
-        pause_s = RETRY_MIN_S
-        while True:
-            try:
-                alone = await self._register()
-                break
-            except (RedisError, OSError) as exc:
-                logger.warning("registering again with Redis failed: %s", exc)
-                await asyncio.sleep(pause_s)
-                pause_s = min(pause_s * 2, RETRY_MAX_S)
-        self._reachable = True
-        logger.warning(
-            "node %s registered again: dropping its connections so clients resync",
-            self.node_id,
-        )
-        await self._on_rejoined(alone)
+        try:
+            pause_s = RETRY_MIN_S
+            while True:
+                try:
+                    alone = await self._register()
+                    break
+                except (RedisError, OSError) as exc:
+                    logger.warning("registering again with Redis failed: %s", exc)
+                    await asyncio.sleep(pause_s)
+                    pause_s = min(pause_s * 2, RETRY_MAX_S)
+            self._reachable = True
+            # Clients that reconnected before the Socket.IO channel is back
+            # would miss events again.
+            waited_s = 0.0
+            while not self.subscribed() and waited_s < RETRY_MAX_S * 3:
+                await asyncio.sleep(0.1)
+                waited_s += 0.1
+            logger.warning(
+                "node %s registered again: dropping its connections so clients resync",
+                self.node_id,
+            )
+            await self._on_rejoined(alone)
+        finally:
+            self._rejoining = False
 
     def _unreachable(self, exc: BaseException) -> None:
         if self._reachable:
