@@ -51,6 +51,8 @@ GRACE_POLL_S = 0.2
 # Pause between attempts to reach Redis again.
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 4.0
+# How long stopping waits for running expiries and registrations.
+STOP_WAIT_S = 5.0
 # Redis connections per client. A command waits up to POOL_WAIT_S for a free
 # one instead of failing at once, as redis-py's default pool of 100 does.
 POOL_SIZE = 256
@@ -76,9 +78,13 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return {removed, redis.call('SCARD', KEYS[1])}
 """
 
-# KEYS: nodes, the node's sockets hash, grace. ARGV: node id, key prefix,
-# visitor deadline, agent deadline, "1" to clean up even when not registered.
+# KEYS: nodes, the node's sockets hash, grace, the node's heartbeat. ARGV:
+# node id, key prefix, visitor deadline, agent deadline, and "1" to clean up
+# even a node that is not registered or beats again.
 _SWEEP = """
+if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+  return {}
+end
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 and ARGV[5] ~= '1' then
   return {}
 end
@@ -188,6 +194,7 @@ class RedisPeople(People):
         on_gone: Callable[[list[PersonKey]], Awaitable[None]],
         on_queue_changed: Callable[[], None],
         on_rejoined: Callable[[bool], Awaitable[None]],
+        on_returned: Callable[[list[PersonKey]], Awaitable[None]],
     ) -> None:
         super().__init__(local)
         self.node_id = settings.node_id or f"{gethostname()}:{os.getpid()}"
@@ -225,6 +232,7 @@ class RedisPeople(People):
         self._on_gone = on_gone
         self._on_queue_changed = on_queue_changed
         self._on_rejoined = on_rejoined
+        self._on_returned = on_returned
         self._add = self._redis.register_script(_ADD)
         self._remove = self._redis.register_script(_REMOVE)
         self._sweep = self._redis.register_script(_SWEEP)
@@ -234,6 +242,7 @@ class RedisPeople(People):
         self._unregistered: dict[str, Connection] = {}
         self._reachable = True
         self._rejoining = False
+        self._resync_wanted = False
         # Whether the Socket.IO channel is subscribed; set by the server.
         self.subscribed: Callable[[], bool] = lambda: True
         self._queue_notice: asyncio.TimerHandle | None = None
@@ -306,7 +315,12 @@ class RedisPeople(People):
         """Remove a node's sockets; people left with none start their grace."""
         now = time.time()
         gone = await self._sweep(
-            keys=[self._nodes_key, self._sockets_key(node_id), self._grace_key],
+            keys=[
+                self._nodes_key,
+                self._sockets_key(node_id),
+                self._grace_key,
+                self._alive_key(node_id),
+            ],
             args=[
                 node_id,
                 self._prefix,
@@ -329,9 +343,16 @@ class RedisPeople(People):
         self.stopped = True
         for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self._tasks]:
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+        # Grace expiries that are running get a moment to finish; a
+        # registration that is still retrying does not.
+        pending = {*self._loops, *self._tasks}
+        if pending:
+            _, unfinished = await asyncio.wait(pending, timeout=STOP_WAIT_S)
+            for task in unfinished:
+                task.cancel()
+            for task in pending:
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._queue_notice is not None:
             self._queue_notice.cancel()
         try:
@@ -515,10 +536,9 @@ class RedisPeople(People):
                 if self._rejoining:
                     continue
                 if not await self._redis.exists(self._alive_key(self.node_id)):
-                    # Redis lost this node's keys (it restarted without its
-                    # data, or this node stalled and was cleaned up), so its
-                    # sockets are unknown to the other nodes.
-                    self._start_rejoin()
+                    # This node stalled and was cleaned up, or Redis lost its
+                    # data, so the other nodes no longer know its sockets.
+                    self._start_rejoin(resync=False)
                     continue
                 await self._beat()
                 self._reachable = True
@@ -534,38 +554,74 @@ class RedisPeople(People):
 
     def resubscribed(self) -> None:
         """Register again and resynchronise after the Socket.IO channel came back."""
-        self._start_rejoin()
+        self._start_rejoin(resync=True)
 
-    def _start_rejoin(self) -> None:
+    def _start_rejoin(self, *, resync: bool) -> None:
+        """Register this node again; `resync` when it may have missed events."""
+        self._resync_wanted |= resync
         if not self._rejoining:
             self._rejoining = True
             self._spawn(self._rejoin())
 
     async def _rejoin(self) -> None:
         try:
-            pause_s = RETRY_MIN_S
             while True:
-                try:
-                    alone = await self._register()
-                    break
-                except (RedisError, OSError) as exc:
-                    logger.warning("registering again with Redis failed: %s", exc)
-                    await asyncio.sleep(pause_s)
-                    pause_s = min(pause_s * 2, RETRY_MAX_S)
-            self._reachable = True
-            # Clients that reconnected before the Socket.IO channel is back
-            # would miss events again.
-            waited_s = 0.0
-            while not self.subscribed() and waited_s < RETRY_MAX_S * 3:
-                await asyncio.sleep(0.1)
-                waited_s += 0.1
-            logger.warning(
-                "node %s registered again: dropping its connections so clients resync",
-                self.node_id,
-            )
-            await self._on_rejoined(alone)
+                resync = self._resync_wanted
+                self._resync_wanted = False
+                alone = await self._register_until_done()
+                self._reachable = True
+                if resync or alone:
+                    await self._resync(alone)
+                else:
+                    await self._register_local_sockets()
+                if not self._resync_wanted:
+                    return
         finally:
             self._rejoining = False
+
+    async def _register_until_done(self) -> bool:
+        pause_s = RETRY_MIN_S
+        while True:
+            try:
+                return await self._register()
+            except (RedisError, OSError) as exc:
+                logger.warning("registering again with Redis failed: %s", exc)
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, RETRY_MAX_S)
+
+    async def _resync(self, alone: bool) -> None:
+        """Drop this node's sockets, once the Socket.IO channel is back.
+
+        Clients that reconnected before the channel is back would miss
+        events again.
+        """
+        waited_s = 0.0
+        while not self.subscribed() and waited_s < RETRY_MAX_S * 3:
+            await asyncio.sleep(0.1)
+            waited_s += 0.1
+        logger.warning(
+            "node %s registered again: dropping its connections so clients resync",
+            self.node_id,
+        )
+        await self._on_rejoined(alone)
+
+    async def _register_local_sockets(self) -> None:
+        """Put this node's sockets back into Redis after another node removed them.
+
+        The subscriber kept its connection, so no event was lost: the
+        sockets stay connected and their people's grace periods end.
+        """
+        returned: set[PersonKey] = set()
+        for connection in self.local.connections():
+            await self._register_socket(connection)
+            if connection.role != "observer":
+                returned.add(connection.key)
+        logger.warning(
+            "node %s registered again after others removed it: %d people back",
+            self.node_id,
+            len(returned),
+        )
+        await self._on_returned(sorted(returned))
 
     def _unreachable(self, exc: BaseException) -> None:
         if self._reachable:

@@ -54,6 +54,10 @@ class Presence:
         self._on_expired = on_expired
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def connections(self) -> list[Connection]:
+        """Return every connected socket's identity (a copy)."""
+        return list(self._connections.values())
+
     def get(self, sid: str) -> Connection | None:
         return self._connections.get(sid)
 

@@ -177,6 +177,7 @@ class ChatService:
             on_gone=self._went_offline,
             on_queue_changed=self._queue_notifier.request,
             on_rejoined=self._rejoined,
+            on_returned=self._came_back,
         )
         if isinstance(self.sio.manager, ChatRedisManager):
             manager = self.sio.manager
@@ -232,6 +233,36 @@ class ChatService:
         self._agents_changed()
         self._queue_notifier.request()
 
+    async def _came_back(self, keys: list[PersonKey]) -> None:
+        """Restore people whom another node took for gone while this one stalled.
+
+        Their agents are connected again for matching. An agent whose chats
+        were requeued meanwhile may still sit in those chats' rooms, so such
+        an agent's sockets are dropped to reconnect with a fresh session.
+        """
+        for role, agent_id in keys:
+            if role != "agent":
+                continue
+            await self.store.set_agent_connected(agent_id, True)
+            active = {
+                chat_room(chat.id)
+                for chat in await self.store.active_chats_of_agent(agent_id)
+            }
+            for sid in self.presence.sockets(("agent", agent_id)):
+                rooms = set(self.sio.rooms(sid))
+                if {room for room in rooms if room.startswith("chat:")} - active:
+                    await self._drop(sid)
+        self._agents_changed()
+        self._matcher.request()
+        self._queue_moved()
+
+    async def _drop(self, sid: str) -> None:
+        """Drop one socket as a network failure would, so that its client reconnects."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        socket = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+        if socket is not None:
+            await _drop_socket(socket)
+
     async def drop_connections(self) -> int:
         """Drop every socket of this process as a network failure would.
 
@@ -241,11 +272,7 @@ class ChatService:
         """
         sockets = list(self.sio.eio.sockets.values())
         for socket in sockets:
-            await socket.close(wait=False, abort=True)
-            # NOTE: `queue` is python-engineio's outgoing packet queue. None
-            # ends a pending long-poll or WebSocket writer at once, instead of
-            # after the shutdown timeout.
-            socket.queue.put_nowait(None)
+            await _drop_socket(socket)
         return len(sockets)
 
     @contextmanager
@@ -1442,6 +1469,15 @@ class ChatService:
             logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
         self._queue_moved()
         self._matcher.request()
+
+
+async def _drop_socket(socket: Any) -> None:
+    """Close an Engine.IO socket without a CLOSE packet, as a network failure would."""
+    await socket.close(wait=False, abort=True)
+    # NOTE: `queue` is python-engineio's outgoing packet queue. None ends a
+    # pending long-poll or WebSocket writer at once, instead of after the
+    # shutdown timeout.
+    socket.queue.put_nowait(None)
 
 
 def _visitor_of(connection: Connection) -> Visitor:

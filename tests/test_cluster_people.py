@@ -28,6 +28,7 @@ class Node:
         self.offline: list[PersonKey] = []
         self.queue_notices = 0
         self.rejoined: list[bool] = []
+        self.returned: list[PersonKey] = []
         self.presence = Presence(self._never)
         self.people = RedisPeople(
             self.presence,
@@ -36,6 +37,7 @@ class Node:
             on_gone=self._gone,
             on_queue_changed=self._queue_changed,
             on_rejoined=self._rejoined,
+            on_returned=self._returned,
         )
 
     async def _never(self, key: PersonKey) -> None:
@@ -52,6 +54,9 @@ class Node:
 
     async def _rejoined(self, alone: bool) -> None:
         self.rejoined.append(alone)
+
+    async def _returned(self, keys: list[PersonKey]) -> None:
+        self.returned.extend(keys)
 
 
 @pytest.fixture
@@ -194,3 +199,20 @@ async def test_lock_excludes_other_nodes(
     await asyncio.gather(*(critical(nodes[n % 2]) for n in range(20)))
     assert max_inside == 1
     assert entered == 20
+
+
+async def test_stalled_node_registers_its_sockets_again(
+    cluster: Callable[..., Awaitable[Node]],
+) -> None:
+    stalled, watcher = await cluster("stalled"), await cluster("watcher")
+    await stalled.people.add(agent_socket("s1"))
+    # As if the node had stalled past its heartbeat's lifetime. The watcher
+    # may remove its sockets first, or the node may find its key gone first.
+    await stalled.people._redis.delete(stalled.people._alive_key("stalled"))
+
+    await wait_until(lambda: bool(stalled.returned), timeout_s=5)
+    assert stalled.returned == [("agent", "a1")]
+    assert stalled.rejoined == []
+    assert await watcher.people.sockets(("agent", "a1")) == {"s1"}
+    await asyncio.sleep(1.0)
+    assert watcher.expired == []
