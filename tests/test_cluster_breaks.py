@@ -1,0 +1,258 @@
+"""Adversarial cases for cluster mode: paused nodes, split sockets, timeouts.
+
+Each test runs real nodes sharing a fresh PostgreSQL database and Redis, as
+tests/test_cluster.py does, and stays under 60 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from tests.cluster import Cluster, ClusterFactory
+from tests.support import ChatClient, Clients, http_json
+
+
+def count_events(client: ChatClient, event: str) -> int:
+    return sum(1 for name, _ in client.received if name == event)
+
+
+async def test_paused_node_keeps_its_people(cluster_factory: ClusterFactory) -> None:
+    """A node paused past its heartbeat TTL still counts its sockets when it resumes.
+
+    Steps: an agent on node 1 serves a visitor on node 0. Node 1 is stopped
+    with SIGSTOP for 4 s (the TTL is 2 s), as a long pause of the process or
+    its VM would, then resumes with SIGCONT. The agent's WebSocket stays open
+    throughout, because the ping timeout is far longer than the pause.
+
+    Expected: once node 1 beats again the agent is online, so the agent's
+    grace period never expires and the chat stays with the agent.
+    """
+    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+        process = cluster.nodes[1].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(4)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        # Node 0 swept node 1 while it was paused, so the grace period would
+        # end 3 s after that sweep.
+        await asyncio.sleep(6)
+
+        assert agent.sio.connected
+        assert count_events(visitor, "chat_requeued") == 0, cluster.logs()
+        payload = {"chat_id": chat_id, "text": "still there?", "client_id": "v1"}
+        assert (await visitor.call("message", payload))["ok"]
+        assert (await agent.next("message", 5))["text"] == "still there?"
+    finally:
+        await clients.close()
+
+
+async def test_paused_node_agent_takes_chats(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """An agent on a node that was paused past its TTL can take chats again.
+
+    Steps: an agent with no chat is connected to node 1. Node 1 is stopped
+    with SIGSTOP for 4 s (the TTL is 2 s) and resumes with SIGCONT. Its
+    WebSocket stays open. Then the agent goes ready, and a visitor on
+    node 0 joins the queue.
+
+    Expected: the agent, connected and ready, gets the chat.
+    """
+    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent("alice@example.com")
+        process = cluster.nodes[1].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(4)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(5)
+        assert agent.sio.connected
+
+        assert (await agent.call("agent_ready", {"max_chats": 1}))["ok"]
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        joined = await visitor.call("join_queue", {})
+        assert joined["ok"], joined
+        try:
+            started = await agent.next("chat_started", 10)
+        except TimeoutError:
+            raise AssertionError(
+                f"the ready agent got no chat within 10 s\n{cluster.logs()}"
+            ) from None
+        assert started["chat"]["id"] == joined["chat"]["id"]
+        assert joined["agents_online"] == 1, joined
+    finally:
+        await clients.close()
+
+
+async def test_agent_on_two_nodes_one_killed(cluster_factory: ClusterFactory) -> None:
+    """An agent with sockets on nodes 0 and 1 keeps the chat when node 1 dies.
+
+    Steps: the agent connects to node 0 and node 1, serves a visitor on
+    node 2, and node 1 is killed with SIGKILL. Its heartbeat expires after
+    2 s and node 0 or 2 sweeps its sockets.
+
+    Expected: the agent still has a socket on node 0, so no grace period
+    starts and the chat is not requeued.
+    """
+    cluster = await cluster_factory(3, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="2")
+    clients = Clients(cluster.nodes[0])
+    try:
+        first = await clients.at(cluster.nodes[0].url).agent(
+            "alice@example.com", ready=True
+        )
+        second = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", reconnection=False
+        )
+        visitor = await clients.at(cluster.nodes[2].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await first.next("chat_started"))["chat"]["id"] == chat_id
+        assert (await second.next("chat_started"))["chat"]["id"] == chat_id
+
+        cluster.kill(1)
+        await asyncio.sleep(7)
+
+        assert count_events(visitor, "chat_requeued") == 0, cluster.logs()
+        payload = {"chat_id": chat_id, "text": "hello", "client_id": "v1"}
+        assert (await visitor.call("message", payload))["ok"]
+        assert (await first.next("message", 5))["text"] == "hello"
+    finally:
+        await clients.close()
+
+
+async def test_queue_timeout_once_in_cluster(cluster_factory: ClusterFactory) -> None:
+    """A queue timeout checked by three nodes ends each chat once.
+
+    Steps: three visitors, one per node, join with no agent online and
+    CHAT_QUEUE_TIMEOUT_S=2. Every node checks the timeouts each 0.2 s.
+
+    Expected: each visitor receives one `chat_ended` with reason
+    `queue_timeout`.
+    """
+    cluster = await cluster_factory(
+        3, CHAT_QUEUE_TIMEOUT_S="2", CHAT_TIMER_INTERVAL_S="0.2"
+    )
+    clients = Clients(cluster.nodes[0])
+    try:
+        visitors = [await clients.at(node.url).visitor() for node in cluster.nodes]
+        for visitor in visitors:
+            assert (await visitor.call("join_queue", {}))["ok"]
+        for visitor in visitors:
+            ended = await visitor.next("chat_ended", 10)
+            assert ended["reason"] == "queue_timeout"
+        await asyncio.sleep(1.5)
+        for visitor in visitors:
+            assert count_events(visitor, "chat_ended") == 1
+    finally:
+        await clients.close()
+
+
+async def admin_disable(cluster: Cluster, node: int, agent_id: str) -> None:
+    """Disable an agent over the admin API of node `node`, as another admin."""
+    server = cluster.nodes[node]
+    await server.create_agent("root@example.com", is_admin=True)
+    token = await server.login("root@example.com")
+    status, body = await http_json(
+        server,
+        "PATCH",
+        f"/api/admin/agents/{agent_id}",
+        token=token,
+        json={"disabled": True},
+    )
+    assert status == 200, body
+
+
+async def test_disable_agent_on_two_nodes(cluster_factory: ClusterFactory) -> None:
+    """Disabling an agent on node 2 signs out its sockets on nodes 0 and 1.
+
+    Steps: the agent has one socket on node 0 and one on node 1 and serves a
+    visitor on node 2. An admin disables the agent through node 2.
+
+    Expected: both sockets receive `signed_out` and are disconnected, the
+    visitor receives `chat_requeued` at once, and only once, also after the
+    agent grace period (2 s) that the disconnects could start has passed.
+    """
+    cluster = await cluster_factory(3, CHAT_AGENT_GRACE_S="2")
+    clients = Clients(cluster.nodes[0])
+    try:
+        first = await clients.at(cluster.nodes[0].url).agent(
+            "alice@example.com", ready=True, reconnection=False
+        )
+        second = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", reconnection=False
+        )
+        sessions = [data for name, data in first.received if name == "session"]
+        agent_id = sessions[0]["agent_id"]
+        visitor = await clients.at(cluster.nodes[2].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await first.next("chat_started"))["chat"]["id"] == chat_id
+
+        await admin_disable(cluster, 2, agent_id)
+        for socket in (first, second):
+            assert await socket.next("signed_out", 5) == {"reason": "disabled"}
+        requeued = await visitor.next("chat_requeued", 2)
+        assert requeued["chat_id"] == chat_id
+        await asyncio.sleep(4)
+        assert not first.sio.connected
+        assert not second.sio.connected
+        assert count_events(visitor, "chat_requeued") == 1
+    finally:
+        await clients.close()
+
+
+async def test_sigterm_node_mid_chat(cluster_factory: ClusterFactory) -> None:
+    """A node stopped with SIGTERM mid-chat hands its people to the other nodes.
+
+    Steps: through nginx, a visitor and an agent both land on node 1 and
+    chat. Node 1 gets SIGTERM. Both clients reconnect through nginx to
+    another node. The agent grace period is 3 s.
+
+    Expected: the chat stays active with no `chat_requeued` or `chat_ended`,
+    even after the grace period, and messages flow both ways.
+    """
+    cluster = await cluster_factory(3, CHAT_AGENT_GRACE_S="3", CHAT_VISITOR_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        visitor_source = await cluster.source_for(1)
+        agent_source = await cluster.source_for(1, exclude={visitor_source})
+        agent = await clients.at(cluster.url, agent_source).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.url, visitor_source).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        agent.drain("session")
+        visitor.drain("session")
+
+        process = cluster.nodes[1].process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 15)
+        for client in (visitor, agent):
+            await client.next("session", 15)
+        await asyncio.sleep(5)
+
+        assert count_events(visitor, "chat_requeued") == 0, cluster.logs()
+        assert count_events(visitor, "chat_ended") == 0, cluster.logs()
+        for sender, receiver in ((agent, visitor), (visitor, agent)):
+            text = f"after from {sender.auth['role']}"
+            payload = {"chat_id": chat_id, "text": text, "client_id": text}
+            assert (await sender.call("message", payload))["ok"]
+            assert (await receiver.next("message", 5))["text"] == text
+    finally:
+        await clients.close()
