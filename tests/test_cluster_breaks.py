@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
+from typing import Any
 
-from tests.cluster import Cluster, ClusterFactory
+from tests.cluster import Cluster, ClusterFactory, RedisServer
 from tests.support import ChatClient, Clients, http_json
 
 
@@ -254,5 +256,231 @@ async def test_sigterm_node_mid_chat(cluster_factory: ClusterFactory) -> None:
             payload = {"chat_id": chat_id, "text": text, "client_id": text}
             assert (await sender.call("message", payload))["ok"]
             assert (await receiver.next("message", 5))["text"] == text
+    finally:
+        await clients.close()
+
+
+async def admin_token(cluster: Cluster) -> str:
+    """Create an admin account and return its token."""
+    await cluster.nodes[0].create_agent("root@example.com", is_admin=True)
+    return await cluster.nodes[0].login("root@example.com")
+
+
+async def admin_overview(cluster: Cluster, node: int, token: str) -> dict[str, Any]:
+    """Return GET /api/admin/overview from node `node`."""
+    server = cluster.nodes[node]
+    status, body = await http_json(server, "GET", "/api/admin/overview", token=token)
+    assert status == 200, body
+    return dict(body)
+
+
+def count_in_logs(cluster: Cluster, text: str) -> int:
+    return sum(node.log().count(text) for node in cluster.nodes)
+
+
+async def test_redis_lost_during_agent_grace(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    """An agent grace period running when Redis loses its data still ends once.
+
+    Steps: an agent on node 1 serves a visitor on node 0, then disconnects
+    for good, which starts a 4 s grace period kept in Redis. One second
+    later Redis restarts with no data.
+
+    Expected: the chat goes back to the queue within 15 s, and the cluster
+    requeues it once.
+    """
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        cluster = await cluster_factory(2, redis_url=redis.url, CHAT_AGENT_GRACE_S="4")
+        clients = Clients(cluster.nodes[0])
+        try:
+            agent = await clients.at(cluster.nodes[1].url).agent(
+                "alice@example.com", ready=True, reconnection=False
+            )
+            visitor = await clients.at(cluster.nodes[0].url).visitor()
+            chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+            assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+            token = await admin_token(cluster)
+            await agent.disconnect()
+            await asyncio.sleep(1)
+            redis.stop()
+            redis.start()
+
+            queued: list[str] = []
+            for _ in range(30):
+                overview = await admin_overview(cluster, 0, token)
+                queued = [entry["chat_id"] for entry in overview["queue"]]
+                if chat_id in queued:
+                    break
+                await asyncio.sleep(0.5)
+            assert chat_id in queued, cluster.logs()
+            await asyncio.sleep(5)
+            assert count_in_logs(cluster, f"requeued chat={chat_id}") == 1
+        finally:
+            await clients.close()
+            cluster.stop()
+    finally:
+        redis.stop()
+
+
+async def test_all_nodes_killed_restarted(cluster_factory: ClusterFactory) -> None:
+    """After every node is killed and restarted, nobody stays online.
+
+    Steps: an agent on node 1 serves a visitor on node 0, neither of them
+    reconnecting. Both nodes are killed with SIGKILL and started again with
+    the same node ids. Grace periods are 3 s and the TTL is 2 s.
+
+    Expected: within 15 s the agent is no longer online and the chat has
+    ended (the visitor left), so no chat stays active.
+    """
+    cluster = await cluster_factory(
+        2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3", CHAT_VISITOR_GRACE_S="3"
+    )
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True, reconnection=False
+        )
+        visitor = clients.at(cluster.nodes[0].url).client(
+            {"role": "visitor", "token": None}, reconnection=False
+        )
+        await visitor.connect()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        token = await admin_token(cluster)
+
+        cluster.kill(0)
+        cluster.kill(1)
+        await asyncio.gather(
+            asyncio.to_thread(cluster.restart, 0),
+            asyncio.to_thread(cluster.restart, 1),
+        )
+
+        overview: dict[str, Any] = {}
+        for _ in range(30):
+            overview = await admin_overview(cluster, 1, token)
+            active = [chat["id"] for chat in overview["chats"]]
+            online = [item["name"] for item in overview["agents"] if item["online"]]
+            if chat_id not in active and not online:
+                break
+            await asyncio.sleep(0.5)
+        active = [chat["id"] for chat in overview["chats"]]
+        online = [item["name"] for item in overview["agents"] if item["online"]]
+        assert chat_id not in active, cluster.logs()
+        assert online == [], cluster.logs()
+    finally:
+        await clients.close()
+
+
+async def test_queue_events_once_per_socket(cluster_factory: ClusterFactory) -> None:
+    """Queue changes reach each socket on every node once.
+
+    Steps: visitor A is queued on node 2. Visitor B, with one socket on
+    node 0 and one on node 1, queues behind A. An agent on node 0 and one
+    on node 1 watch `queue_changed`. Then A leaves the queue on node 2
+    (`end_chat`), which moves B to position 1.
+
+    Expected: each of B's sockets gets one `queue_update` with position 1,
+    and each agent gets one `queue_changed` with `queued` 1.
+    """
+    cluster = await cluster_factory(3)
+    clients = Clients(cluster.nodes[0])
+    try:
+        watchers = [
+            await clients.at(cluster.nodes[n].url).agent(f"agent{n}@example.com")
+            for n in range(2)
+        ]
+        first = await clients.at(cluster.nodes[2].url).visitor()
+        first_chat = (await first.call("join_queue", {}))["chat"]["id"]
+        tab0 = await clients.at(cluster.nodes[0].url).visitor()
+        tab1 = await clients.at(cluster.nodes[1].url).visitor(tab0.auth["token"])
+        joined = await tab0.call("join_queue", {})
+        assert joined["position"] == 2, joined
+        await asyncio.sleep(1.5)
+        for client in (tab0, tab1, *watchers):
+            client.drain("queue_update")
+            client.drain("queue_changed")
+
+        ended = await first.call("end_chat", {"chat_id": first_chat})
+        assert ended["ok"], ended
+        await asyncio.sleep(2)
+
+        for tab in (tab0, tab1):
+            updates = tab.drain("queue_update")
+            assert [update["position"] for update in updates] == [1], updates
+        for watcher in watchers:
+            changes = watcher.drain("queue_changed")
+            assert [change["queued"] for change in changes] == [1], changes
+    finally:
+        await clients.close()
+
+
+async def test_grace_owner_node_killed(cluster_factory: ClusterFactory) -> None:
+    """A grace period started by a node that then dies still ends once.
+
+    Steps: an agent connected only to node 1 serves a visitor on node 0 and
+    disconnects for good, so node 1 starts a 3 s grace period. Node 1 is
+    killed with SIGKILL right after.
+
+    Expected: the visitor receives `chat_requeued` once, 3 s or more after
+    the disconnect.
+    """
+    cluster = await cluster_factory(3, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True, reconnection=False
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+        loop = asyncio.get_running_loop()
+        left_at = loop.time()
+        await agent.disconnect()
+        await asyncio.sleep(0.3)
+        cluster.kill(1)
+
+        requeued = await visitor.next("chat_requeued", 15)
+        assert requeued["chat_id"] == chat_id
+        assert loop.time() - left_at >= 3
+        await asyncio.sleep(3)
+        assert count_events(visitor, "chat_requeued") == 1
+    finally:
+        await clients.close()
+
+
+async def test_reply_timeout_once_in_cluster(cluster_factory: ClusterFactory) -> None:
+    """An agent reply timeout checked by three nodes requeues the chat once.
+
+    Steps: an agent on node 1 takes a chat from a visitor on node 0 and
+    sends nothing. CHAT_AGENT_REPLY_TIMEOUT_S is 2 and every node checks
+    timeouts each 0.2 s.
+
+    Expected: the agent gets one `chat_removed` and the visitor one
+    `chat_requeued`, both with reason `no_reply`.
+    """
+    cluster = await cluster_factory(
+        3, CHAT_AGENT_REPLY_TIMEOUT_S="2", CHAT_TIMER_INTERVAL_S="0.2"
+    )
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+        removed = await agent.next("chat_removed", 10)
+        assert removed["reason"] == "no_reply"
+        requeued = await visitor.next("chat_requeued", 5)
+        assert requeued["reason"] == "no_reply"
+        await asyncio.sleep(2)
+        assert count_events(agent, "chat_removed") == 1
+        assert count_events(visitor, "chat_requeued") == 1
     finally:
         await clients.close()
