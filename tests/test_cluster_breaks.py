@@ -327,7 +327,7 @@ async def test_redis_lost_during_agent_grace(
 
 
 async def test_all_nodes_killed_restarted(cluster_factory: ClusterFactory) -> None:
-    """After every node is killed and restarted, nobody stays online.
+    """After every node is killed and restarted, no agent stays online.
 
     Steps: an agent on node 1 serves a visitor on node 0, neither of them
     reconnecting. Both nodes are killed with SIGKILL and started again with
@@ -481,6 +481,91 @@ async def test_reply_timeout_once_in_cluster(cluster_factory: ClusterFactory) ->
         assert requeued["reason"] == "no_reply"
         await asyncio.sleep(2)
         assert count_events(agent, "chat_removed") == 1
+        assert count_events(visitor, "chat_requeued") == 1
+    finally:
+        await clients.close()
+
+
+async def test_redis_lost_heartbeat_first(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    """A grace period lost with Redis's data ends even when heartbeats return first.
+
+    Steps: as in `test_redis_lost_during_agent_grace`, an agent on node 1
+    disconnects for good from a chat with a visitor on node 0, which starts
+    a 4 s grace period in Redis. Then Redis is down for 3 s and comes back
+    with no data. With CHAT_NODE_TTL_S=1 each node's heartbeat runs every
+    0.33 s, so both nodes write their heartbeat before their Socket.IO
+    subscriber, which retries after 0.5, 1 and 2 s, registers them again.
+
+    Expected: the chat goes back to the queue within 20 s, as it does when
+    the subscriber registers first.
+    """
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        cluster = await cluster_factory(
+            2, redis_url=redis.url, CHAT_NODE_TTL_S="1", CHAT_AGENT_GRACE_S="4"
+        )
+        clients = Clients(cluster.nodes[0])
+        try:
+            agent = await clients.at(cluster.nodes[1].url).agent(
+                "alice@example.com", ready=True, reconnection=False
+            )
+            visitor = await clients.at(cluster.nodes[0].url).visitor()
+            chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+            assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+            token = await admin_token(cluster)
+
+            await agent.disconnect()
+            await asyncio.sleep(0.5)
+            redis.stop()
+            await asyncio.sleep(3)
+            redis.start()
+
+            queued: list[str] = []
+            for _ in range(40):
+                overview = await admin_overview(cluster, 0, token)
+                queued = [entry["chat_id"] for entry in overview["queue"]]
+                if chat_id in queued:
+                    break
+                await asyncio.sleep(0.5)
+            assert chat_id in queued, cluster.logs()
+        finally:
+            await clients.close()
+            cluster.stop()
+    finally:
+        redis.stop()
+
+
+async def test_node_restarted_same_id(cluster_factory: ClusterFactory) -> None:
+    """A node killed and restarted at once with its node id frees its people.
+
+    Steps: an agent connected only to node 1 serves a visitor on node 0.
+    Node 1 is killed with SIGKILL and started again with the same
+    CHAT_NODE_ID before its 10 s heartbeat TTL runs out. The agent does not
+    come back. The agent grace period is 3 s.
+
+    Expected: the restarted node removes the sockets its previous process
+    left in Redis, so the visitor receives `chat_requeued` once within 9 s,
+    sooner than the 10 s TTL and the 3 s grace period added up.
+    """
+    cluster = await cluster_factory(2, CHAT_AGENT_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True, reconnection=False
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+        cluster.kill(1)
+        await asyncio.to_thread(cluster.restart, 1)
+
+        requeued = await visitor.next("chat_requeued", 9)
+        assert requeued["chat_id"] == chat_id
+        await asyncio.sleep(4)
         assert count_events(visitor, "chat_requeued") == 1
     finally:
         await clients.close()
