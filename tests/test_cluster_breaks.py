@@ -569,3 +569,88 @@ async def test_node_restarted_same_id(cluster_factory: ClusterFactory) -> None:
         assert count_events(visitor, "chat_requeued") == 1
     finally:
         await clients.close()
+
+
+def session_agent_id(agent: ChatClient) -> str:
+    sessions = [data for name, data in agent.received if name == "session"]
+    return str(sessions[0]["agent_id"])
+
+
+async def test_transfer_to_agent_on_two_nodes(cluster_factory: ClusterFactory) -> None:
+    """A transfer to an agent with sockets on two other nodes arrives once each.
+
+    Steps: agent A on node 0 serves a visitor on node 2. Agent B, ready with
+    `max_chats` 1, has sockets on node 1 and node 2. A transfers the chat
+    to B, then the visitor sends a message.
+
+    Expected: the visitor gets one `chat_transferred`, each of B's sockets
+    one `chat_started` and the message once, and A gets one `chat_removed`.
+    """
+    cluster = await cluster_factory(3)
+    clients = Clients(cluster.nodes[0])
+    try:
+        alice = await clients.at(cluster.nodes[0].url).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.nodes[2].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+        bob_tabs = [
+            await clients.at(cluster.nodes[n].url).agent("bob@example.com")
+            for n in (1, 2)
+        ]
+        bob_id = session_agent_id(bob_tabs[0])
+        assert (await bob_tabs[0].call("agent_ready", {"max_chats": 1}))["ok"]
+
+        moved = await alice.call(
+            "transfer_chat", {"chat_id": chat_id, "agent_id": bob_id}
+        )
+        assert moved["ok"], moved
+        for tab in bob_tabs:
+            assert (await tab.next("chat_started", 5))["chat"]["id"] == chat_id
+        payload = {"chat_id": chat_id, "text": "to bob", "client_id": "v1"}
+        assert (await visitor.call("message", payload))["ok"]
+        for tab in bob_tabs:
+            assert (await tab.next("message", 5))["text"] == "to bob"
+        await asyncio.sleep(1.5)
+
+        assert count_events(visitor, "chat_transferred") == 1
+        assert count_events(alice, "chat_removed") == 1
+        for tab in bob_tabs:
+            assert count_events(tab, "chat_started") == 1
+            assert count_events(tab, "message") == 1
+        assert count_events(alice, "message") == 0
+    finally:
+        await clients.close()
+
+
+async def test_idle_timeout_once_in_cluster(cluster_factory: ClusterFactory) -> None:
+    """A visitor idle timeout checked by three nodes ends the chat once.
+
+    Steps: an agent on node 1 serves a visitor on node 0. The visitor sends
+    nothing. CHAT_VISITOR_IDLE_TIMEOUT_S is 2 and every node checks
+    timeouts each 0.2 s.
+
+    Expected: the agent and the visitor each get one `chat_ended` with
+    reason `inactive`.
+    """
+    cluster = await cluster_factory(
+        3, CHAT_VISITOR_IDLE_TIMEOUT_S="2", CHAT_TIMER_INTERVAL_S="0.2"
+    )
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+
+        for client in (agent, visitor):
+            ended = await client.next("chat_ended", 10)
+            assert ended["reason"] == "inactive"
+        await asyncio.sleep(1.5)
+        assert count_events(agent, "chat_ended") == 1
+        assert count_events(visitor, "chat_ended") == 1
+    finally:
+        await clients.close()
