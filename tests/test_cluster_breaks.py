@@ -654,3 +654,70 @@ async def test_idle_timeout_once_in_cluster(cluster_factory: ClusterFactory) -> 
         assert count_events(visitor, "chat_ended") == 1
     finally:
         await clients.close()
+
+
+async def test_transfers_race_for_last_slot(cluster_factory: ClusterFactory) -> None:
+    """Two transfers and a queued chat race for an agent's last free slot.
+
+    Steps: agents A on node 0 and C on node 1 each serve a visitor. Agent B
+    on node 2 has `max_chats` 1 and is away. A third visitor queues. Then, at
+    once, B goes ready, A transfers to B and C transfers to B. Five rounds.
+
+    Expected: B ends each round with exactly one chat, and every transfer
+    that B could not take is rejected with `agent_full` or `agent_away`.
+    """
+    cluster = await cluster_factory(3)
+    clients = Clients(cluster.nodes[0])
+    try:
+        alice = await clients.at(cluster.nodes[0].url).agent("alice@example.com")
+        carol = await clients.at(cluster.nodes[1].url).agent("carol@example.com")
+        bob = await clients.at(cluster.nodes[2].url).agent("bob@example.com")
+        bob_id = session_agent_id(bob)
+        visitors = clients.at(cluster.nodes[2].url)
+        winners: list[bool] = []
+        for round_number in range(5):
+            chats = []
+            for owner in (alice, carol):
+                assert (await owner.call("agent_ready", {"max_chats": 1}))["ok"]
+                visitor = await visitors.visitor()
+                chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+                assert (await owner.next("chat_started", 5))["chat"]["id"] == chat_id
+                assert (await owner.call("agent_away"))["ok"]
+                chats.append(chat_id)
+            third = await visitors.visitor()
+            third_chat = (await third.call("join_queue", {}))["chat"]["id"]
+
+            replies = await asyncio.gather(
+                bob.call("agent_ready", {"max_chats": 1}),
+                alice.call("transfer_chat", {"chat_id": chats[0], "agent_id": bob_id}),
+                carol.call("transfer_chat", {"chat_id": chats[1], "agent_id": bob_id}),
+            )
+            assert replies[0]["ok"], replies[0]
+            for reply in replies[1:]:
+                if not reply["ok"]:
+                    assert reply["error"]["reason"] in ("agent_full", "agent_away"), (
+                        round_number,
+                        reply,
+                    )
+            await asyncio.sleep(1)
+            open_chats = [data["chat"]["id"] for data in bob.drain("chat_started")]
+            assert len(open_chats) == 1, (round_number, open_chats, replies)
+
+            # Away first, so that the freed slot takes no queued chat.
+            assert (await bob.call("agent_away"))["ok"]
+            assert (await bob.call("end_chat", {"chat_id": open_chats[0]}))["ok"]
+            for owner in (alice, carol):
+                for data in owner.drain("chat_started"):
+                    await owner.call("end_chat", {"chat_id": data["chat"]["id"]})
+            for chat_id in chats:
+                if chat_id not in open_chats:
+                    for owner in (alice, carol):
+                        await owner.call("end_chat", {"chat_id": chat_id})
+            if third_chat not in open_chats:
+                await third.call("end_chat", {"chat_id": third_chat})
+            await third.disconnect()
+            winners.append(open_chats[0] == third_chat)
+        # Record which side won, to show the race was run both ways.
+        print(f"rounds the queued chat won: {winners}")
+    finally:
+        await clients.close()
