@@ -721,3 +721,54 @@ async def test_transfers_race_for_last_slot(cluster_factory: ClusterFactory) -> 
         print(f"rounds the queued chat won: {winners}")
     finally:
         await clients.close()
+
+
+async def test_paused_node_agent_hears_requeued(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """An agent on a paused node gets no messages of a chat that moved on.
+
+    Steps: as in `test_paused_node_keeps_its_people`, agent A on node 1
+    serves a visitor on node 0, and node 1 pauses with SIGSTOP for 4 s (TTL
+    2 s, agent grace 3 s). A spare agent B on node 0 is ready. If the chat
+    goes back to the queue, B takes it and the visitor sends a message.
+
+    Expected: only the chat's agent receives its messages, so A, whose
+    socket is still open on node 1, gets none.
+    """
+    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
+    clients = Clients(cluster.nodes[0])
+    try:
+        alice = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", ready=True
+        )
+        visitor = await clients.at(cluster.nodes[0].url).visitor()
+        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
+        assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+        bob = await clients.at(cluster.nodes[0].url).agent(
+            "bob@example.com", ready=True
+        )
+
+        process = cluster.nodes[1].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(4)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        try:
+            started = await bob.next("chat_started", 8)
+        except TimeoutError:
+            # The chat stayed with A, which is the expected outcome.
+            return
+        assert started["chat"]["id"] == chat_id
+        assert alice.sio.connected
+
+        payload = {"chat_id": chat_id, "text": "for bob only", "client_id": "v1"}
+        assert (await visitor.call("message", payload))["ok"]
+        assert (await bob.next("message", 5))["text"] == "for bob only"
+        await asyncio.sleep(1)
+        leaked = [m["text"] for m in alice.drain("message")]
+        assert leaked == [], "agent A received a message of a chat it no longer has"
+    finally:
+        await clients.close()
