@@ -51,6 +51,10 @@ GRACE_POLL_S = 0.2
 # Pause between attempts to reach Redis again.
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 4.0
+# Redis connections per client. A command waits up to POOL_WAIT_S for a free
+# one instead of failing at once, as redis-py's default pool of 100 does.
+POOL_SIZE = 256
+POOL_WAIT_S = 5.0
 # Queue changes within this window go to the other nodes as one notice.
 QUEUE_NOTICE_DELAY_S = 0.05
 # A lock expires this long after it was taken, in case its node dies holding
@@ -123,17 +127,17 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
             url=url,
             channel=channel,
             json=OrjsonCodec,
-            redis_options={"socket_connect_timeout": 2},
+            redis_options={"socket_connect_timeout": 2, "max_connections": 4096},
         )
         self.on_resubscribed: Callable[[], None] | None = None
-        self._listening = True
+        self.listening = True
 
     # NOTE: `_publish` is python-socketio's hook that sends to Redis. It logs
     # two errors for every event it cannot send. While the subscriber has
     # lost Redis, events are not sent at all, because every node drops its
     # sockets to resync once Redis is back.
     async def _publish(self, data: Any) -> None:
-        if self._listening:
+        if self.listening:
             await super()._publish(data)
 
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
@@ -149,7 +153,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     self._redis_connect()
                     await self.pubsub.subscribe(self.channel)
                     subscribed = True
-                    self._listening = True
+                    self.listening = True
                     pause_s = RETRY_MIN_S
                     if failed:
                         failed = False
@@ -167,7 +171,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
                     )
                 subscribed = False
                 failed = True
-                self._listening = False
+                self.listening = False
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
@@ -187,11 +191,16 @@ class RedisPeople(People):
     ) -> None:
         super().__init__(local)
         self.node_id = settings.node_id or f"{gethostname()}:{os.getpid()}"
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+        # from_pool gives the client the pool, so closing one closes both.
+        self._redis = redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_WAIT_S,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+            )
         )
         # A subscriber waits for messages as long as it takes, so its
         # connection has no read timeout.
@@ -203,6 +212,8 @@ class RedisPeople(People):
         )
         self._prefix = f"{settings.cluster_name}:"
         self._nodes_key = f"{self._prefix}nodes"
+        # Exists while Redis holds the cluster's state.
+        self._epoch_key = f"{self._prefix}epoch"
         self._grace_key = f"{self._prefix}grace"
         self._queue_channel = f"{self._prefix}queue"
         self._ttl_s = settings.node_ttl_s
@@ -217,9 +228,14 @@ class RedisPeople(People):
         self._add = self._redis.register_script(_ADD)
         self._remove = self._redis.register_script(_REMOVE)
         self._sweep = self._redis.register_script(_SWEEP)
-        # Grace periods that started while Redis was unreachable.
+        # Grace periods that started, and sockets that connected, while Redis
+        # was unreachable; they go to Redis once it answers again.
         self._pending_grace: dict[PersonKey, float] = {}
+        self._unregistered: dict[str, Connection] = {}
         self._reachable = True
+        self._rejoining = False
+        # Whether the Socket.IO channel is subscribed; set by the server.
+        self.subscribed: Callable[[], bool] = lambda: True
         self._queue_notice: asyncio.TimerHandle | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -254,12 +270,16 @@ class RedisPeople(People):
     async def _register(self) -> bool:
         """Clean up after dead nodes, then announce this one; True if it is alone.
 
-        A lock keeps two nodes that start together from both finding
+        Alone means that no other node is alive, or that Redis holds no
+        cluster state at all: it is new, or it restarted without its data
+        and lost every grace period. Either way this node restarts them.
+        A lock keeps two nodes that register together from both finding
         themselves alone.
         """
         async with self._redis.lock(
             f"{self._prefix}register", timeout=30, blocking_timeout=30
         ):
+            fresh = await self._redis.set(self._epoch_key, self.node_id, nx=True)
             # Sockets a previous process with this node id left behind.
             await self._clean_up(self.node_id, force=True)
             others = []
@@ -271,7 +291,7 @@ class RedisPeople(People):
                 else:
                     await self._clean_up(node_id)
             await self._beat()
-        return not others
+        return bool(fresh) or not others
 
     async def _nodes(self) -> list[str]:
         return [str(node_id) for node_id in await self._redis.smembers(self._nodes_key)]
@@ -329,26 +349,32 @@ class RedisPeople(People):
 
     async def add(self, connection: Connection) -> bool:
         first_here = self.local.add(connection)
+        self._pending_grace.pop(connection.key, None)
         try:
-            count = await self._add(
-                keys=[
-                    self._person_key(connection.key),
-                    self._sockets_key(self.node_id),
-                    self._grace_key,
-                ],
-                args=[connection.sid, _member(connection.key)],
-            )
+            count = await self._register_socket(connection)
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            self._pending_grace.pop(connection.key, None)
+            self._unregistered[connection.sid] = connection
             return first_here
-        self._pending_grace.pop(connection.key, None)
-        return int(count) == 1
+        return count == 1
+
+    async def _register_socket(self, connection: Connection) -> int:
+        count = await self._add(
+            keys=[
+                self._person_key(connection.key),
+                self._sockets_key(self.node_id),
+                self._grace_key,
+            ],
+            args=[connection.sid, _member(connection.key)],
+        )
+        return int(count)
 
     async def remove(self, sid: str) -> tuple[Connection | None, bool]:
         connection, last_here = self.local.remove(sid)
         if connection is None:
             return None, False
+        if self._unregistered.pop(sid, None) is not None:
+            return connection, last_here and not await self.is_online(connection.key)
         try:
             removed, count = await self._remove(
                 keys=[
@@ -363,21 +389,25 @@ class RedisPeople(People):
         # A socket a cleanup removed already had its grace period started.
         return connection, bool(removed) and int(count) == 0
 
+    # This node's own sockets always count, also those Redis has not heard of.
+
     async def sockets(self, key: PersonKey) -> set[str]:
+        local = self.local.sockets(key)
         try:
-            return {
-                str(sid) for sid in await self._redis.smembers(self._person_key(key))
-            }
+            shared = await self._redis.smembers(self._person_key(key))
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            return self.local.sockets(key)
+            return local
+        return local | {str(sid) for sid in shared}
 
     async def is_online(self, key: PersonKey) -> bool:
+        if self.local.is_online(key):
+            return True
         try:
             return bool(await self._redis.scard(self._person_key(key)))
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
-            return self.local.is_online(key)
+            return False
 
     async def shared_state(self) -> str:
         try:
@@ -453,6 +483,17 @@ class RedisPeople(People):
                 self._unreachable(exc)
 
     async def _claim_due(self) -> None:
+        for sid, connection in list(self._unregistered.items()):
+            await self._register_socket(connection)
+            if self._unregistered.pop(sid, None) is None:
+                # The socket disconnected while it was being registered.
+                await self._remove(
+                    keys=[
+                        self._person_key(connection.key),
+                        self._sockets_key(self.node_id),
+                    ],
+                    args=[sid],
+                )
         if self._pending_grace:
             pending = {_member(key): at for key, at in self._pending_grace.items()}
             await self._redis.zadd(self._grace_key, pending)
@@ -471,6 +512,14 @@ class RedisPeople(People):
         while True:
             await asyncio.sleep(self._ttl_s / 3)
             try:
+                if self._rejoining:
+                    continue
+                if not await self._redis.exists(self._alive_key(self.node_id)):
+                    # Redis lost this node's keys (it restarted without its
+                    # data, or this node stalled and was cleaned up), so its
+                    # sockets are unknown to the other nodes.
+                    self._start_rejoin()
+                    continue
                 await self._beat()
                 self._reachable = True
                 for node_id in await self._nodes():
@@ -484,25 +533,39 @@ class RedisPeople(People):
                 logger.exception("cluster heartbeat failed")
 
     def resubscribed(self) -> None:
-        """Register again and resynchronise after Redis came back."""
-        self._spawn(self._rejoin())
+        """Register again and resynchronise after the Socket.IO channel came back."""
+        self._start_rejoin()
+
+    def _start_rejoin(self) -> None:
+        if not self._rejoining:
+            self._rejoining = True
+            self._spawn(self._rejoin())
 
     async def _rejoin(self) -> None:
-        pause_s = RETRY_MIN_S
-        while True:
-            try:
-                alone = await self._register()
-                break
-            except (RedisError, OSError) as exc:
-                logger.warning("registering again with Redis failed: %s", exc)
-                await asyncio.sleep(pause_s)
-                pause_s = min(pause_s * 2, RETRY_MAX_S)
-        self._reachable = True
-        logger.warning(
-            "node %s registered again: dropping its connections so clients resync",
-            self.node_id,
-        )
-        await self._on_rejoined(alone)
+        try:
+            pause_s = RETRY_MIN_S
+            while True:
+                try:
+                    alone = await self._register()
+                    break
+                except (RedisError, OSError) as exc:
+                    logger.warning("registering again with Redis failed: %s", exc)
+                    await asyncio.sleep(pause_s)
+                    pause_s = min(pause_s * 2, RETRY_MAX_S)
+            self._reachable = True
+            # Clients that reconnected before the Socket.IO channel is back
+            # would miss events again.
+            waited_s = 0.0
+            while not self.subscribed() and waited_s < RETRY_MAX_S * 3:
+                await asyncio.sleep(0.1)
+                waited_s += 0.1
+            logger.warning(
+                "node %s registered again: dropping its connections so clients resync",
+                self.node_id,
+            )
+            await self._on_rejoined(alone)
+        finally:
+            self._rejoining = False
 
     def _unreachable(self, exc: BaseException) -> None:
         if self._reachable:

@@ -179,7 +179,9 @@ class ChatService:
             on_rejoined=self._rejoined,
         )
         if isinstance(self.sio.manager, ChatRedisManager):
-            self.sio.manager.on_resubscribed = people.resubscribed
+            manager = self.sio.manager
+            manager.on_resubscribed = people.resubscribed
+            people.subscribed = lambda: bool(manager.listening)
         return people
 
     async def start(self) -> None:

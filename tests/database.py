@@ -59,7 +59,7 @@ async def create_postgres_database() -> str:
     try:
         return await _create_database()
     except PostgresUnavailable as exc:
-        _skip_or_fail(str(exc))
+        missing(str(exc))
 
 
 def create_postgres_database_sync() -> str:
@@ -67,7 +67,7 @@ def create_postgres_database_sync() -> str:
     try:
         return run_sync(_create_database())
     except PostgresUnavailable as exc:
-        _skip_or_fail(str(exc))
+        missing(str(exc))
 
 
 async def drop_postgres_database(url: str) -> None:
@@ -178,7 +178,11 @@ async def _connect_admin() -> asyncpg.Connection[asyncpg.Record]:
         raise PostgresUnavailable(_unreachable) from exc
 
 
-def _skip_or_fail(reason: str) -> NoReturn:
+def missing(requirement: str) -> NoReturn:
+    """Skip the test for want of `requirement`, or fail it when services are required.
+
+    `requirement` names what is missing and how to install it.
+    """
     if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (CHAT_REQUIRE_SERVICES=1 forbids skipping)")
-    pytest.skip(reason)
+        pytest.fail(f"{requirement} (CHAT_REQUIRE_SERVICES=1 forbids skipping)")
+    pytest.skip(requirement)

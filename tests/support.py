@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,20 @@ async def scrape_metrics(server: ServerProcess) -> dict[str, float]:
     return samples
 
 
+def bind_session(local_address: str) -> Callable[[], aiohttp.ClientSession]:
+    """Return a factory of HTTP sessions whose connections start at `local_address`.
+
+    A load balancer that hashes the client address sends clients from
+    different loopback addresses (127.0.0.2, 127.0.0.3, ...) to different nodes.
+    """
+
+    def create() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(local_addr=(local_address, 0))
+        return aiohttp.ClientSession(connector=connector)
+
+    return create
+
+
 class ChatClient:
     """A python-socketio AsyncClient that records every event it receives."""
 
@@ -189,11 +204,19 @@ class ChatClient:
     def _queue(self, event: str) -> asyncio.Queue[Any]:
         return self._queues.setdefault(event, asyncio.Queue())
 
-    async def connect(self, transports: list[str] | None = None) -> dict[str, Any]:
+    async def connect(
+        self,
+        transports: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Connect and return the `session` event's payload."""
         # A callable makes the client's own reconnects send the latest token.
         await self.sio.connect(
-            self.url, auth=lambda: self.auth, transports=transports, wait_timeout=10
+            self.url,
+            auth=lambda: self.auth,
+            transports=transports,
+            headers=headers or {},
+            wait_timeout=10,
         )
         session = await self.next("session")
         if session.get("token"):
@@ -230,15 +253,41 @@ class ChatClient:
 
 
 class Clients:
-    """Creates connected visitors and agents against one server; closes them all."""
+    """Creates connected visitors and agents against one server; closes them all.
 
-    def __init__(self, server: ServerProcess) -> None:
+    Clients connect to `url`, the server's own by default, from the loopback
+    address `local_address` when one is given. Agents are created in the
+    server's database and log in at the server itself.
+    """
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        url: str | None = None,
+        local_address: str | None = None,
+    ) -> None:
         self.server = server
+        self.url = url or server.url
+        self.local_address = local_address
         self._all: list[ChatClient] = []
         self._agents: set[str] = set()
 
+    def at(self, url: str, local_address: str | None = None) -> Clients:
+        """Return clients of another entry point, such as a load balancer.
+
+        They share this group's agents and are closed with it.
+        """
+        other = Clients(self.server, url, local_address)
+        other._all = self._all
+        other._agents = self._agents
+        return other
+
     def client(self, auth: dict[str, Any], **options: Any) -> ChatClient:
-        client = ChatClient(self.server.url, auth, **options)
+        if self.local_address is not None and "http_session" not in options:
+            # A factory, so that Engine.IO makes a fresh session for every
+            # reconnect and closes it itself.
+            options["http_session"] = bind_session(self.local_address)
+        client = ChatClient(self.url, auth, **options)
         self._all.append(client)
         return client
 
@@ -298,6 +347,84 @@ async def serve_in_order(agent: ChatClient, count: int) -> list[str]:
         served.append(str(started["chat"]["id"]))
         await agent.call("end_chat", {"chat_id": started["chat"]["id"]})
     return served
+
+
+def assert_capacity_kept(agent: ChatClient, max_chats: int) -> int:
+    """Check the open chats after every `chat_started` and return the final count."""
+    open_chats: set[str] = set()
+    for event, data in agent.received:
+        if event == "chat_started":
+            open_chats.add(data["chat"]["id"])
+            assert len(open_chats) <= max_chats, f"over capacity: {open_chats}"
+        elif event in ("chat_ended", "chat_removed"):
+            open_chats.discard(data["chat_id"])
+    return len(open_chats)
+
+
+async def collect_started(
+    agents: list[ChatClient], expected: int
+) -> list[tuple[ChatClient, str]]:
+    """Take unread `chat_started` events until `expected` arrived, then any extras.
+
+    Returns (agent, chat id) pairs. Waits at most 10 s for the expected count,
+    then 0.3 s more, so that a surplus assignment shows up too.
+    """
+    found: list[tuple[ChatClient, str]] = []
+
+    def take() -> None:
+        for agent in agents:
+            for started in agent.drain("chat_started"):
+                found.append((agent, started["chat"]["id"]))
+
+    deadline = time.monotonic() + 10
+    while len(found) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        take()
+    await asyncio.sleep(0.3)
+    take()
+    return found
+
+
+def started_count(client: ChatClient) -> int:
+    return sum(1 for event, _ in client.received if event == "chat_started")
+
+
+async def chat_both_ways(agent: ChatClient, visitor: ChatClient, tag: str) -> None:
+    """Match `visitor` with the ready `agent`, send one message each way, end it."""
+    joined = await visitor.call("join_queue", {"message": f"hello {tag}"})
+    assert joined["ok"], joined
+    chat_id = joined["chat"]["id"]
+    assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+    assert (await visitor.next("chat_started"))["chat"]["id"] == chat_id
+
+    sent = await agent.call(
+        "message", {"chat_id": chat_id, "text": f"agent {tag}", "client_id": "a1"}
+    )
+    assert sent["ok"], sent
+    assert (await visitor.next("message"))["text"] == f"agent {tag}"
+    sent = await visitor.call(
+        "message", {"chat_id": chat_id, "text": f"visitor {tag}", "client_id": "v1"}
+    )
+    assert sent["ok"], sent
+    assert (await agent.next("message"))["text"] == f"visitor {tag}"
+    ended = await agent.call("end_chat", {"chat_id": chat_id})
+    assert ended["ok"], ended
+
+
+async def read_history(
+    client: ChatClient, chat_id: str, after_seq: int = 0
+) -> list[dict[str, Any]]:
+    """Return every message of the chat after `after_seq`, one page at a time."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        page = await client.call(
+            "history", {"chat_id": chat_id, "after_seq": after_seq, "limit": 500}
+        )
+        assert page["ok"], page
+        messages.extend(page["messages"])
+        if not page["has_more"]:
+            return messages
+        after_seq = messages[-1]["seq"]
 
 
 # Two departments for the routing tests, in `CHAT_DEPARTMENTS` syntax.

@@ -7,36 +7,17 @@ Redis, under a cluster name of their own.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import pytest
-import redis.asyncio as redis
 
 from sio_server.cluster import RedisPeople
 from sio_server.config import Settings
 from sio_server.presence import Connection, PersonKey, Presence
-
-REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-async def redis_or_skip() -> None:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        await client.ping()
-    except (redis.RedisError, OSError) as exc:
-        message = (
-            f"Redis at {REDIS_URL} does not answer ({exc}): install redis-server"
-            " or set CHAT_TEST_REDIS_URL"
-        )
-        if os.environ.get("CHAT_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    finally:
-        await client.aclose()
+from tests.cluster import REDIS_URL, delete_redis_keys, require_redis
 
 
 class Node:
@@ -75,7 +56,7 @@ class Node:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    await redis_or_skip()
+    require_redis()
     name = f"test-{uuid.uuid4().hex[:12]}"
     nodes: list[Node] = []
 
@@ -101,13 +82,7 @@ async def cluster() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     for node in nodes:
         if not node.people.stopped:
             await node.people.stop()
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{name}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await delete_redis_keys(REDIS_URL, f"{name}:")
 
 
 def agent_socket(sid: str, agent_id: str = "a1") -> Connection:

@@ -11,9 +11,12 @@ from tests.support import (
     DEPARTMENTS,
     ChatClient,
     Clients,
+    assert_capacity_kept,
+    collect_started,
     ready_agent,
     serve_in_order,
     session_of,
+    started_count,
 )
 
 
@@ -24,46 +27,6 @@ async def connect_visitors(clients: Clients, count: int) -> list[ChatClient]:
         batch = min(10, count - start)
         visitors += await asyncio.gather(*(clients.visitor() for _ in range(batch)))
     return visitors
-
-
-def assert_capacity_kept(agent: ChatClient, max_chats: int) -> int:
-    """Check the open chats after every `chat_started` and return the final count."""
-    open_chats: set[str] = set()
-    for event, data in agent.received:
-        if event == "chat_started":
-            open_chats.add(data["chat"]["id"])
-            assert len(open_chats) <= max_chats, f"over capacity: {open_chats}"
-        elif event in ("chat_ended", "chat_removed"):
-            open_chats.discard(data["chat_id"])
-    return len(open_chats)
-
-
-async def collect_started(
-    agents: list[ChatClient], expected: int
-) -> list[tuple[ChatClient, str]]:
-    """Take unread `chat_started` events until `expected` arrived, then any extras.
-
-    Returns (agent, chat id) pairs. Waits at most 10 s for the expected count,
-    then 0.3 s more, so that a surplus assignment shows up too.
-    """
-    found: list[tuple[ChatClient, str]] = []
-
-    def take() -> None:
-        for agent in agents:
-            for started in agent.drain("chat_started"):
-                found.append((agent, started["chat"]["id"]))
-
-    deadline = time.monotonic() + 10
-    while len(found) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        take()
-    await asyncio.sleep(0.3)
-    take()
-    return found
-
-
-def started_count(client: ChatClient) -> int:
-    return sum(1 for event, _ in client.received if event == "chat_started")
 
 
 async def test_burst_of_fifty_visitors(clients: Clients) -> None:

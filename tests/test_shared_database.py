@@ -7,16 +7,16 @@ import uuid
 from collections.abc import Callable
 
 from sio_server.store import PostgresStore
+from tests.cluster import REDIS_URL, require_redis
 from tests.database import create_postgres_database, drop_postgres_database
 from tests.support import ChatClient, Clients, ServerProcess
-from tests.test_cluster_people import REDIS_URL, redis_or_skip
 
 
 async def test_two_nodes_share_one_database(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
     """Visitors on both nodes join at once, and agents on both nodes take them."""
-    await redis_or_skip()
+    require_redis()
     url = await create_postgres_database()
     env = {
         "CHAT_DATABASE_URL": url,

@@ -77,7 +77,7 @@ export async function connectAll(ctx, conns, onConnected = null) {
     conns.map(async (conn) => {
       await ctx.handshakes.acquire();
       try {
-        await conn.connect(ctx.wsUrl);
+        await conn.connect(ctx.wsUrls[conn.node]);
         connected += 1;
         lastSessionAt = performance.now();
       } catch (err) {
@@ -141,9 +141,15 @@ export class Pair {
 // `chats` visitors that each join the queue, and wait until every chat has
 // started on both sides. Returns the pairs in visitor order, or null after
 // recording why the setup failed.
+//
+// With several nodes, agent i connects to node i % nodes, and the setup goes
+// one node at a time: that node's agents send agent_ready, and as many
+// visitors as they have free slots join through the other nodes. Only the
+// ready agents have free slots, so every chat has its two sides on two nodes.
 export async function setupChats(ctx, chats, maxChats) {
   const setupStart = performance.now();
   const agentCount = Math.ceil(chats / maxChats);
+  const nodes = ctx.wsUrls.length;
   const pairsByChat = new Map();
   const pairOf = (chatId) => {
     let pair = pairsByChat.get(chatId);
@@ -173,7 +179,7 @@ export async function setupChats(ctx, chats, maxChats) {
   log(`setup: connecting ${agentCount} agents`);
   const agents = ctx.agentTokens
     .slice(0, agentCount)
-    .map((token, i) => new Conn(i, "agent", token));
+    .map((token, i) => new Conn(i, "agent", token, i % nodes));
   for (const agent of agents) {
     agent.onEvent = onSetupEvent;
   }
@@ -191,34 +197,46 @@ export async function setupChats(ctx, chats, maxChats) {
       return null;
     }
   }
-  try {
-    await Promise.all(
-      agents.map((agent) =>
-        requestOk(agent, "agent_ready", { max_chats: maxChats }),
-      ),
-    );
-  } catch (err) {
-    fail(`setup: ${err.message}`);
-    return null;
-  }
-
-  log(`setup: connecting ${chats} visitors and joining the queue`);
   const visitors = [];
-  for (let i = 0; i < chats; i++) {
-    const visitor = new Conn(i, "visitor", null);
-    visitor.onEvent = onSetupEvent;
-    visitor.chatId = null;
-    visitors.push(visitor);
-  }
-  await connectAll(ctx, visitors, async (visitor) => {
+  let complete = true;
+  for (let node = 0; node < nodes && complete; node++) {
+    const ready = agents.filter((agent) => agent.node === node);
+    const first = visitors.length;
+    const count = Math.min(ready.length * maxChats, chats - first);
     try {
-      const reply = await requestOk(visitor, "join_queue", {});
-      visitor.chatId = reply.chat.id;
+      await Promise.all(
+        ready.map((agent) =>
+          requestOk(agent, "agent_ready", { max_chats: maxChats }),
+        ),
+      );
     } catch (err) {
       fail(`setup: ${err.message}`);
+      return null;
     }
-  });
-  const complete = await waitForProgress(() => started, chats);
+
+    log(`setup: connecting ${count} visitors and joining the queue`);
+    const joining = [];
+    for (let i = first; i < first + count; i++) {
+      // With one node every visitor goes to node 0; with more, the visitors
+      // take the other nodes in turn.
+      const visitorNode =
+        nodes === 1 ? 0 : (node + 1 + ((i - first) % (nodes - 1))) % nodes;
+      const visitor = new Conn(i, "visitor", null, visitorNode);
+      visitor.onEvent = onSetupEvent;
+      visitor.chatId = null;
+      joining.push(visitor);
+    }
+    visitors.push(...joining);
+    await connectAll(ctx, joining, async (visitor) => {
+      try {
+        const reply = await requestOk(visitor, "join_queue", {});
+        visitor.chatId = reply.chat.id;
+      } catch (err) {
+        fail(`setup: ${err.message}`);
+      }
+    });
+    complete = await waitForProgress(() => started, visitors.length);
+  }
   ctx.result.chats_started = started;
   ctx.result.setup_s = round3((performance.now() - setupStart) / 1000);
   ctx.agents = agents;
@@ -236,6 +254,9 @@ export async function setupChats(ctx, chats, maxChats) {
     }
     pairs.push(pair);
   }
+  ctx.result.cross_node_chats = pairs.filter(
+    (pair) => pair.visitor.node !== pair.agent.node,
+  ).length;
   ctx.pairsByChat = pairsByChat;
   log(`setup: ${chats} chats started in ${ctx.result.setup_s} s`);
   return pairs;

@@ -50,9 +50,11 @@ export class ConnectError extends Error {
 // closed before the ack came. Hot paths register one shared handler instead of
 // a closure per message.
 export class Conn {
-  constructor(index, role, token) {
+  constructor(index, role, token, node = 0) {
     this.index = index;
     this.role = role;
+    // Index of the server node, in ctx.wsUrls, that the socket connects to.
+    this.node = node;
     // The visitor token is replaced by the newest one from every `session`.
     this.token = token;
     this.ws = null;

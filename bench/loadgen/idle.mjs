@@ -8,8 +8,10 @@ import { fail, log, round3, run } from "./report.mjs";
 
 export async function runIdle(ctx, options) {
   const count = options.count;
+  const nodes = ctx.wsUrls.length;
   const conns = [];
   let agentsMade = 0;
+  // Agents and visitors are each spread round-robin over the nodes.
   for (let i = 0; i < count; i++) {
     if (options.role === "mixed" && i % 10 === 0) {
       conns.push(
@@ -17,11 +19,12 @@ export async function runIdle(ctx, options) {
           i,
           "agent",
           ctx.agentTokens[agentsMade % ctx.agentTokens.length],
+          agentsMade % nodes,
         ),
       );
       agentsMade += 1;
     } else {
-      conns.push(new Conn(i, "visitor", null));
+      conns.push(new Conn(i, "visitor", null, (i - agentsMade) % nodes));
     }
   }
   log(`idle: connecting ${count} sockets (${agentsMade} agents)`);

@@ -42,6 +42,8 @@ Workloads and their options (defaults in brackets):
                 Each chat ping-pongs one message at a time between visitor and agent.
   relay-open    --chats C [1000] --rates R1,R2,... [500,2000] --step-s S [10] --max-chats M [10]
                 Sends R messages per second in total, on a schedule, for S seconds per rate.
+                Both relays print MEASURE_START and MEASURE_END on stderr around
+                each measured window (the relay, or one rate step with its drain).
   match         --visitors V [2000] --agents A [100] --capacity K [5]
                 Queues V visitors, then makes A agents ready at once and times the matching.
   storm         --chats C [1000] --max-chats M [10] --messages-before N [5]
@@ -50,7 +52,9 @@ Workloads and their options (defaults in brackets):
                 the sockets, reconnects them all and checks that no acked message is lost.
 
 Common options:
-  --url URL                   server base URL [http://127.0.0.1:8080]
+  --url URL[,URL...]          server base URL [http://127.0.0.1:8080]; with several
+                              (the nodes of one cluster), agents and visitors are
+                              spread over them so that chats cross nodes
   --agents-file PATH          JSON array of agent access tokens (needed by every
                               workload that connects agents)
   --connect-concurrency N     sockets in handshake at once [200]
@@ -122,9 +126,11 @@ function parseArgs(argv) {
     options[name] = argv[++i];
   }
   validateNumbers(options);
-  const wsUrl = websocketUrl(options.url, flags.has("allow-remote"));
+  const wsUrls = String(options.url)
+    .split(",")
+    .map((url) => websocketUrl(url.trim(), flags.has("allow-remote")));
   const agentTokens = readAgentTokens(workload, options);
-  return { workload, options, flags, wsUrl, agentTokens };
+  return { workload, options, flags, wsUrls, agentTokens };
 }
 
 // Convert the numeric options in place, checking their ranges.
@@ -321,10 +327,12 @@ async function main() {
   }
   const { workload, options, flags } = parsed;
   run.result.workload = workload;
+  run.result.nodes = parsed.wsUrls.length;
   warnAboutFileLimit(plannedSockets(workload, options));
   const ctx = {
     result: run.result,
-    wsUrl: parsed.wsUrl,
+    // One Engine.IO URL per node; a Conn connects to wsUrls[conn.node].
+    wsUrls: parsed.wsUrls,
     agentTokens: parsed.agentTokens,
     concurrency: options["connect-concurrency"],
     handshakes: new Semaphore(options["connect-concurrency"]),

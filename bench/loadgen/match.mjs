@@ -72,7 +72,8 @@ export async function runMatch(ctx, options) {
   log(`match: connecting ${visitorCount} visitors`);
   const visitors = [];
   for (let i = 0; i < visitorCount; i++) {
-    const visitor = new Conn(i, "visitor", null);
+    // Spread over the nodes; which agent takes a visitor is up to the server.
+    const visitor = new Conn(i, "visitor", null, i % ctx.wsUrls.length);
     visitor.onEvent = visitorEvent;
     visitor.chatId = null;
     visitor.startedCount = 0;
@@ -112,7 +113,7 @@ export async function runMatch(ctx, options) {
 
   log(`match: connecting ${agentCount} agents`);
   const agents = ctx.agentTokens.slice(0, agentCount).map((token, i) => {
-    const agent = new Conn(i, "agent", token);
+    const agent = new Conn(i, "agent", token, i % ctx.wsUrls.length);
     agent.onEvent = agentEvent;
     agent.startedChats = new Set();
     return agent;

@@ -107,6 +107,7 @@ export async function runRelayClosed(ctx, options) {
   run.phase = "relay";
   log(`relay-closed: ${pairs.length} pairs for ${options["duration-s"]} s`);
   const generatorWindow = new GeneratorWindow();
+  process.stderr.write("MEASURE_START\n");
   const relayStart = performance.now();
   for (const pair of pairs) {
     sendNext(pair, pair.visitor);
@@ -114,6 +115,7 @@ export async function runRelayClosed(ctx, options) {
   await sleep(options["duration-s"] * 1000);
   running = false;
   const relayEnd = performance.now();
+  process.stderr.write("MEASURE_END\n");
   const generator = generatorWindow.end();
   await waitForProgress(() => -inFlight, 0, DRAIN_MS, DRAIN_MS);
 
@@ -271,6 +273,7 @@ export async function runRelayOpen(ctx, options) {
     );
     const generatorWindow = new GeneratorWindow();
     const intervalMs = 1000 / rate;
+    process.stderr.write("MEASURE_START\n");
     step.start = performance.now();
 
     // Send every message whose scheduled time has come, then wait for the
@@ -321,6 +324,7 @@ export async function runRelayOpen(ctx, options) {
       DRAIN_MS,
     );
     step.closed = true;
+    process.stderr.write("MEASURE_END\n");
     const lost = expected - step.received;
     const acksMissing = expected - step.acksOk - step.acksFailed;
     const deliveredSpan =

@@ -114,7 +114,7 @@ export async function runStorm(ctx, options) {
       }
       await ctx.handshakes.acquire();
       try {
-        await conn.connect(ctx.wsUrl);
+        await conn.connect(ctx.wsUrls[conn.node]);
       } catch (err) {
         if (err.code === "ECONNREFUSED") {
           refusedWhileDown += 1;

@@ -1,0 +1,1 @@
+"""Deployment files: the nginx config template and the local cluster demo."""
