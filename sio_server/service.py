@@ -1233,11 +1233,22 @@ class ChatService:
 
     async def _match(self) -> None:
         chats = await self.store.assign_waiting()
-        # Each announcement waits on its own chat's lock and reads, so they
-        # run side by side.
-        await asyncio.gather(*(self._announce_match(chat) for chat in chats))
+        # Each announcement waits on its own chat's lock and reads, so those
+        # of different agents run side by side. One agent's chats go out one
+        # after another, so that the agent receives them in queue order
+        # whichever read finishes first.
+        by_agent: dict[str | None, list[Chat]] = {}
+        for chat in chats:
+            by_agent.setdefault(chat.agent_id, []).append(chat)
+        await asyncio.gather(
+            *(self._announce_in_order(assigned) for assigned in by_agent.values())
+        )
         if chats:
             self._queue_moved()
+
+    async def _announce_in_order(self, chats: list[Chat]) -> None:
+        for chat in chats:
+            await self._announce_match(chat)
 
     async def _announce_match(self, assigned: Chat) -> None:
         agent_id = assigned.agent_id

@@ -25,7 +25,12 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         data_dir = tmp_path / f"server{len(servers)}"
         data_dir.mkdir()
         server = ServerProcess(data_dir, env)
-        server.start()
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            server.drop_database()
+            raise
         servers.append(server)
         return server
 

@@ -16,8 +16,8 @@ from tests.support import ServerProcess
 async def take(folder: Path) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         server = ServerProcess(Path(data_dir), {})
-        server.start()
         try:
+            server.start()
             await server.create_agent("ann@example.com", "Ann")
             async with launch_chromium() as browser:
                 watch = PageWatch()
