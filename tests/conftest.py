@@ -119,6 +119,9 @@ async def cluster_factory(
     yield start
     for cluster in clusters:
         cluster.stop()
+        # Nodes that run alone got a database each on the PostgreSQL pass.
+        for node in cluster.nodes:
+            node.drop_database()
     for database_url in databases:
         await drop_postgres_database(database_url)
     for cluster in on_shared_redis:
