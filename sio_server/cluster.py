@@ -11,7 +11,7 @@ once in the cluster. The keys, each under `CHAT_CLUSTER_NAME` and a colon:
   after the node stops refreshing it;
 - `nodes`: the nodes that registered and have not been cleaned up;
 - `grace`: a sorted set of `ROLE:ID` by the Unix time its grace period ends;
-- `queue`: a pub/sub channel on which a node says the queue changed.
+- `queue`: a pub/sub channel on which a node announces that the queue changed.
 
 A node whose heartbeat expired is cleaned up by the first live node that sees
 it: one Lua script removes its sockets and starts the grace period of each
@@ -147,8 +147,8 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
             await super()._publish(data)
 
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
-    # a minute and says nothing when it succeeds; this one is the same with
-    # a short pause and the hook.
+    # a minute and logs nothing when it succeeds. This copy of it uses a short
+    # pause and calls the hook.
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         pause_s = RETRY_MIN_S
         subscribed = False
@@ -219,7 +219,7 @@ class RedisPeople(People):
         )
         self._prefix = f"{settings.cluster_name}:"
         self._nodes_key = f"{self._prefix}nodes"
-        # Exists while Redis holds the cluster's state.
+        # Exists while Redis contains the cluster's state.
         self._epoch_key = f"{self._prefix}epoch"
         self._grace_key = f"{self._prefix}grace"
         self._queue_channel = f"{self._prefix}queue"
@@ -237,12 +237,12 @@ class RedisPeople(People):
         self._remove = self._redis.register_script(_REMOVE)
         self._sweep = self._redis.register_script(_SWEEP)
         # Grace periods that started, and sockets that connected, while Redis
-        # was unreachable; they go to Redis once it answers again.
+        # was unreachable. They go to Redis once it replies again.
         self._pending_grace: dict[PersonKey, float] = {}
         self._unregistered: dict[str, Connection] = {}
         self._reachable = True
         self._rejoining = False
-        self._resync_wanted = False
+        self._resync_pending = False
         # Whether the Socket.IO channel is subscribed; set by the server.
         self.subscribed: Callable[[], bool] = lambda: True
         self._queue_notice: asyncio.TimerHandle | None = None
@@ -279,7 +279,7 @@ class RedisPeople(People):
     async def _register(self) -> bool:
         """Clean up after dead nodes, then announce this one; True if it is alone.
 
-        Alone means that no other node is alive, or that Redis holds no
+        Alone means that no other node is alive, or that Redis contains no
         cluster state at all: it is new, or it restarted without its data
         and lost every grace period. Either way this node restarts them.
         A lock keeps two nodes that register together from both finding
@@ -558,7 +558,7 @@ class RedisPeople(People):
 
     def _start_rejoin(self, *, resync: bool) -> None:
         """Register this node again; `resync` when it may have missed events."""
-        self._resync_wanted |= resync
+        self._resync_pending |= resync
         if not self._rejoining:
             self._rejoining = True
             self._spawn(self._rejoin())
@@ -566,15 +566,15 @@ class RedisPeople(People):
     async def _rejoin(self) -> None:
         try:
             while True:
-                resync = self._resync_wanted
-                self._resync_wanted = False
+                resync = self._resync_pending
+                self._resync_pending = False
                 alone = await self._register_until_done()
                 self._reachable = True
                 if resync or alone:
                     await self._resync(alone)
                 else:
                     await self._register_local_sockets()
-                if not self._resync_wanted:
+                if not self._resync_pending:
                     return
         finally:
             self._rejoining = False

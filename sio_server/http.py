@@ -403,8 +403,8 @@ async def readyz(request: web.Request) -> web.Response:
 
     Ready means a store query succeeds and the server is not shutting down.
     A process that is alive but not ready fails this check and passes
-    `/healthz`. In a cluster the body also says whether Redis answers; a
-    node stays ready without it, since it still serves its own sockets and
+    `/healthz`. In a cluster the body also reports whether Redis replies. A
+    node stays ready without it, because it still serves its own sockets and
     every node is in the same position.
     """
     service = request.app[SERVICE_KEY]

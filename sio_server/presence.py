@@ -135,7 +135,7 @@ class Presence:
 class People(ABC):
     """Who is online across the deployment, and their grace timers.
 
-    `local` holds this process's sockets. In one process that is everyone;
+    `local` contains this process's sockets. In one process that is everyone;
     in a cluster the implementation also tracks the other nodes' sockets,
     so that a person with tabs on two nodes is one person and a grace
     period fires once, on one node.

@@ -84,8 +84,11 @@ RETRY_FULL_S = 10
 STARTED_MESSAGES_LIMIT = 500
 
 
+CHAT_ROOM_PREFIX = "chat:"
+
+
 def chat_room(chat_id: str) -> str:
-    return f"chat:{chat_id}"
+    return f"{CHAT_ROOM_PREFIX}{chat_id}"
 
 
 def person_room(role: str, person_id: str) -> str:
@@ -201,8 +204,8 @@ class ChatService:
     async def _restart_grace(self) -> None:
         """Give everyone who had open chats before a restart a grace period.
 
-        Runs when no server was up: nobody is connected, whatever the store
-        says, and each person's timer starts now.
+        Runs when no server was up, so no one is connected whatever the store
+        records, and each person's timer starts now.
         """
         await self.store.reset_connections()
         visitors, agents = await self.store.people_with_open_state()
@@ -250,7 +253,9 @@ class ChatService:
             }
             for sid in self.presence.sockets(("agent", agent_id)):
                 rooms = set(self.sio.rooms(sid))
-                if {room for room in rooms if room.startswith("chat:")} - active:
+                if {
+                    room for room in rooms if room.startswith(CHAT_ROOM_PREFIX)
+                } - active:
                     await self._drop(sid)
         self._agents_changed()
         self._matcher.request()
@@ -1295,7 +1300,7 @@ class ChatService:
         for chat_id in [key for key in self._sent_positions if key not in queued]:
             del self._sent_positions[chat_id]
         # Each department, and the general queue, counts positions on its own.
-        # Each node tells the visitors connected to it.
+        # Each node sends positions to the visitors connected to it.
         counts: dict[str | None, int] = {}
         for entry in entries:
             position = counts[entry.department] = counts.get(entry.department, 0) + 1
@@ -1338,7 +1343,7 @@ class ChatService:
     async def _send_queue_changed(self) -> None:
         self._agents_notice = None
         self._agents_notice_at = time.monotonic()
-        # Every node tells the agents connected to it.
+        # Every node sends the summary to the agents connected to it.
         await self.sio.emit(
             "queue_changed",
             await self.queue_summary(),
