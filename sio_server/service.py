@@ -161,6 +161,9 @@ class ChatService:
         # Events for sockets whose CONNECT packet has not gone out yet.
         self._after_connect: dict[str, list[tuple[str, Any]]] = {}
         self._availability_cache: tuple[tuple[int, int], float] | None = None
+        # Raised at every local change of agents, so that a read that started
+        # before the change does not put its stale answer into the cache.
+        self._availability_version = 0
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -544,10 +547,13 @@ class ChatService:
         """
         now = time.monotonic()
         cached = self._availability_cache
-        if cached is None or now >= cached[1]:
-            cached = (await self.store.available_agents(), now + AGENTS_ONLINE_CACHE_S)
-            self._availability_cache = cached
-        return cached[0]
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        version = self._availability_version
+        availability = await self.store.available_agents()
+        if version == self._availability_version:
+            self._availability_cache = (availability, now + AGENTS_ONLINE_CACHE_S)
+        return availability
 
     async def _agents_online(self) -> int:
         return (await self._availability())[0]
@@ -557,6 +563,7 @@ class ChatService:
 
     def _agents_changed(self) -> None:
         self._availability_cache = None
+        self._availability_version += 1
 
     def _queue_moved(self) -> None:
         """Send queue positions and counts again, on every node."""
