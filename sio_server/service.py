@@ -1366,6 +1366,7 @@ class ChatService:
         """
         return {
             "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
+            "held_connects": len(getattr(self.sio.manager, "held", ())),
             "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),

@@ -92,7 +92,31 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
     python-socketio's manager starts a Task for every socket it sends to and
     waits for all of them. Queueing an Engine.IO packet does not block, so
     sending in a plain loop costs a fraction of that and keeps the order.
+
+    Events for a socket whose connect handler is still running are held back
+    until its CONNECT packet and `session` event have gone out. The handler
+    puts the socket in its rooms, and python-socketio would otherwise send
+    that room's events to the client before it is even connected.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Frames waiting for each socket that is still connecting, by sid.
+        self.held: dict[str, list[eio_packet.Packet]] = {}
+
+    async def pre_connect(self, eio_sid: str, namespace: str) -> str | None:
+        sid: str | None = await super().pre_connect(eio_sid, namespace)
+        if sid is not None:
+            self.held[sid] = []
+        return sid
+
+    def release(self, sid: str) -> list[eio_packet.Packet]:
+        """Stop holding events for `sid` and return those held so far."""
+        return self.held.pop(sid, [])
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
+        self.held.pop(sid, None)
+        return await super().disconnect(sid, namespace, **kwargs)
 
     async def emit(
         self,
@@ -122,8 +146,13 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         ).encode()
         frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         for sid, eio_sid in list(self.get_participants(namespace, to or room)):
-            if sid not in skipped:
+            if sid in skipped:
+                continue
+            held = self.held.get(sid)
+            if held is None:
                 await self.server._send_eio_packet(eio_sid, frame)
+            else:
+                held.append(frame)
 
 
 class PacketQueue:
@@ -258,11 +287,14 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self, eio_sid: str, namespace: str | None, data: Any
     ) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
-        if self.after_connect is None:
-            return
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
-        if sid is not None:
+        if sid is None:
+            return
+        held = self.manager.release(sid)
+        if self.after_connect is not None:
             await self.after_connect(sid)
+        for frame in held:
+            await self._send_eio_packet(eio_sid, frame)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return ChatEngineServer
