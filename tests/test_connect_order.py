@@ -55,11 +55,14 @@ async def test_room_events_follow_session(
     sio.after_connect = send_session
 
     received: list[str] = []
+    all_received = asyncio.Event()
     client = socketio.AsyncClient(reconnection=False)
 
     @client.on("*")
     async def record(event: str, *args: Any) -> None:
         received.append(event)
+        if len(received) == 4:
+            all_received.set()
 
     connecting = asyncio.create_task(
         client.connect(url, transports=[transport], auth={}, wait_timeout=5)
@@ -73,9 +76,7 @@ async def test_room_events_follow_session(
     resume.set()
     await connecting
     try:
-        async with asyncio.timeout(5):
-            while len(received) < 4:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_received.wait(), 5)
         assert received == ["session", "news", "news", "news"]
         assert manager.held == {}
     finally:
