@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import deque
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
+import engineio.exceptions
 import engineio.payload
 import orjson
 import socketio
@@ -55,23 +57,141 @@ class OrjsonCodec:
             return json.loads(text)
 
 
-class UncompressedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
-    """python-engineio's aiohttp WebSocket without permessage-deflate.
+class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket with a cheaper loop per socket.
 
-    aiohttp negotiates compression by default, which keeps a zlib context of
-    tens of kilobytes per socket and costs CPU on every frame, while chat
-    frames are a few hundred bytes. python-engineio 4.x has no option for it.
+    python-engineio's own loop starts a Task for every frame it reads and
+    another, through `asyncio.wait_for`, every time its writer waits for a
+    packet. This one reads and waits under `asyncio.timeout` instead, and
+    otherwise follows the same steps: the probe and upgrade of a polling
+    socket, the same deadlines, and the same close at the end.
+
+    `compress` turns permessage-deflate on. aiohttp negotiates it by default,
+    which keeps a zlib context of tens of kilobytes per socket and costs CPU on
+    every frame, while chat frames are a few hundred bytes. python-engineio
+    4.x has no option for it.
     """
+
+    def __init__(self, handler: Any, server: Any, *, compress: bool = False) -> None:
+        super().__init__(handler, server)
+        self.compress = compress
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
         self._sock = WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=False
+            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
         )
         await self._sock.prepare(request)
         self.environ = environ
-        await self.handler(self)
+        # NOTE: python-engineio 4.x passes its socket's `_websocket_handler`
+        # as `handler`; the socket it is bound to is the one served here.
+        socket = self.handler.__self__
+        if await self._upgrade(socket):
+            await self._serve(socket)
         return self._sock
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            await self._sock.send_bytes(message)
+        else:
+            await self._sock.send_str(message)
+
+    async def _read(self) -> str | bytes | None:
+        data = await self.wait()
+        limit = self.server.max_http_buffer_size
+        if data and len(data) > limit:
+            raise ValueError(f"packet of {len(data)} bytes is over {limit}")
+        return data  # type: ignore[no-any-return]
+
+    async def _upgrade(self, socket: Any) -> bool:
+        """Start a new socket or take over a polling one; return whether it runs."""
+        if not socket.connected:
+            socket.connected = True
+            socket.upgraded = True
+            return True
+        # Packets sent meanwhile wait in the queue until the upgrade is done.
+        socket.upgrading = True
+        try:
+            probe = eio_packet.Packet(encoded_packet=await self._read())
+            if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                logger.info(
+                    "sid=%s websocket upgrade failed: expected a PING probe",
+                    socket.sid,
+                )
+                return False
+            await self.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            # The NOOP ends the long poll that is still open.
+            await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))
+            upgrade = eio_packet.Packet(encoded_packet=await self._read())
+            if upgrade.packet_type != eio_packet.UPGRADE:
+                logger.info(
+                    "sid=%s websocket upgrade failed: expected UPGRADE", socket.sid
+                )
+                socket.upgraded = False
+                return False
+            socket.upgraded = True
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            socket.upgrading = False
+
+    async def _serve(self, socket: Any) -> None:
+        """Pass frames to the socket until either side closes, then close it."""
+        writer = asyncio.create_task(self._write(socket))
+        deadline_s = self.server.ping_interval + self.server.ping_timeout
+        while True:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    data = await self._read()
+            except (OSError, ValueError, TimeoutError, asyncio.CancelledError):
+                # A cancelled read ends the loop like a closed one, as in
+                # python-engineio, so that the socket is still closed below.
+                break
+            if data is None:
+                break
+            try:
+                await socket.receive(eio_packet.Packet(encoded_packet=data))
+            except engineio.exceptions.UnknownPacketError:
+                pass
+            except engineio.exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                logger.exception("sid=%s failed to handle a packet", socket.sid)
+        await socket.queue.put(None)
+        await writer
+        await socket.close(
+            wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE
+        )
+
+    async def _write(self, socket: Any) -> None:
+        """Send queued packets until the queue yields `None` or stays idle too long."""
+        queue = socket.queue
+        deadline_s = self.server.ping_interval + self.server.ping_timeout
+        while True:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    first = await queue.get()
+            except (TimeoutError, asyncio.CancelledError):
+                break
+            queue.task_done()
+            if first is None:
+                break
+            packets = [first]
+            while not queue.empty():
+                item = queue.get_nowait()
+                queue.task_done()
+                if item is None:
+                    # The end mark stays queued for the next round.
+                    queue.put_nowait(None)
+                    break
+                packets.append(item)
+            try:
+                for item in packets:
+                    await self.send(item.encode())
+            except Exception:
+                break
+        await self.close()
 
 
 class TextPacket(packet.Packet):  # type: ignore[misc]
@@ -274,11 +394,14 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             **options,
         )
         engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POST
-        if not websocket_compression:
-            # NOTE: `_async` is python-engineio's table of driver classes; a
-            # copy on this instance swaps the WebSocket class for this server
-            # only.
-            self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
+        # NOTE: `_async` is python-engineio's table of driver classes; a copy
+        # on this instance swaps the WebSocket class for this server only.
+        self.eio._async = {
+            **self.eio._async,
+            "websocket": functools.partial(
+                ChatWebSocket, compress=websocket_compression
+            ),
+        }
         self.bad_packets = 0
         # Called with the sid once a client's CONNECT packet went out.
         self.after_connect: Callable[[str], Awaitable[None]] | None = None
