@@ -66,12 +66,17 @@ class Profile:
     cluster_workloads: tuple[str, ...] = WORKLOADS
 
 
+# An open-loop step with a p99 over this ends the rate ladder of its target.
+OPEN_STOP_P99_MS = 1000
+
 FULL = Profile(
     idle_counts=[1000, 5000, 10000],
     relay_pairs=100,
     relay_duration_s=10,
     open_chats=1000,
-    open_rates=[500, 1000, 2000, 3000, 5000],
+    # Up to where the Node peer bends as well; a target's ladder stops after
+    # the first step whose p99 is over OPEN_STOP_P99_MS.
+    open_rates=[500, 1000, 2000, 3000, 4000, 5000, 8000, 12000],
     open_step_s=10,
     match_visitors=2000,
     match_agents=100,
@@ -372,6 +377,8 @@ def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None
                 ",".join(str(rate) for rate in profile.open_rates),
                 "--step-s",
                 str(profile.open_step_s),
+                "--stop-p99-ms",
+                str(OPEN_STOP_P99_MS),
                 "--max-chats",
                 str(profile.max_chats),
             ],

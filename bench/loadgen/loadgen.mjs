@@ -41,7 +41,10 @@ Workloads and their options (defaults in brackets):
   relay-closed  --pairs P [100] --duration-s D [10] --max-chats M [10]
                 Each chat ping-pongs one message at a time between visitor and agent.
   relay-open    --chats C [1000] --rates R1,R2,... [500,2000] --step-s S [10] --max-chats M [10]
+                --stop-p99-ms L [0]
                 Sends R messages per second in total, on a schedule, for S seconds per rate.
+                With L above 0, the rates after the first step whose p99 is over L ms
+                are skipped: the server has bent, and higher rates only queue more.
                 Both relays print MEASURE_START and MEASURE_END on stderr around
                 each measured window (the relay, or one rate step with its drain).
   match         --visitors V [2000] --agents A [100] --capacity K [5]
@@ -70,6 +73,7 @@ const WORKLOAD_OPTIONS = {
     chats: 1000,
     rates: "500,2000",
     "step-s": 10,
+    "stop-p99-ms": 0,
     "max-chats": 10,
   },
   match: { visitors: 2000, agents: 100, capacity: 5 },
@@ -169,6 +173,9 @@ function validateNumbers(options) {
   }
   if ("messages-before" in options) {
     integer("messages-before", 0, 100_000);
+  }
+  if ("stop-p99-ms" in options) {
+    integer("stop-p99-ms", 0, 3_600_000);
   }
   if ("role" in options && !["visitor", "mixed"].includes(options.role)) {
     throw new UsageError(

@@ -365,6 +365,15 @@ export async function runRelayOpen(ctx, options) {
         `${step.sendFailed} sends of the ${rate}/s step found the socket closed`,
       );
     }
+    const stopP99Ms = options["stop-p99-ms"];
+    const bent = stopP99Ms > 0 && report.latency_ms.p99 > stopP99Ms;
+    if (bent && s + 1 < rates.length) {
+      ctx.result.skipped_rates = rates.slice(s + 1);
+      log(
+        `relay-open: p99 ${report.latency_ms.p99} ms is over ${stopP99Ms} ms, skipping ${ctx.result.skipped_rates.join(", ")}/s`,
+      );
+      break;
+    }
   }
   ctx.result.late = steps.reduce((sum, step) => sum + step.late, 0);
   ctx.result.duplicates = duplicates;
