@@ -224,6 +224,7 @@ def bench_idle(run: Run, target: Target, count: int) -> None:
             on_signal={"READY": measure},
             hold=True,
         )
+        result.update(settle_after_close(target))
         connected = max(1, int(result.get("connected", 0)))
         if "rss" in sample:
             result["rss_before_mb"] = round(before / 2**20, 1)
@@ -234,6 +235,30 @@ def bench_idle(run: Run, target: Target, count: int) -> None:
         run.record(target, f"idle_{count}", result)
     finally:
         target.stop()
+
+
+def settle_after_close(target: Target) -> dict[str, float]:
+    """Wait until the server is idle after the generator closed its sockets.
+
+    Return the seconds and the server CPU seconds until then. A server whose
+    cost per disconnect grows with the sockets it holds shows it here. Idle
+    means under 5 ms of CPU in a quarter second; the wait ends after 120 s.
+    """
+    start = time.monotonic()
+    first = previous = target.cpu_sample()["server"]
+    quiet_at = start
+    while time.monotonic() - start < 120:
+        time.sleep(0.25)
+        current = target.cpu_sample()["server"]
+        if current - previous > 0.005:
+            quiet_at = time.monotonic()
+        elif time.monotonic() - quiet_at >= 0.5:
+            break
+        previous = current
+    return {
+        "close_s": round(quiet_at - start, 2),
+        "close_cpu_s": round(previous - first, 3),
+    }
 
 
 def bench_simple(
@@ -440,6 +465,11 @@ def figures(
             f"connections per second ({largest} sockets)",
             f"idle_{largest}.connections_per_s",
             True,
+        ),
+        (
+            f"server CPU after {largest} sockets closed, s",
+            f"idle_{largest}.close_cpu_s",
+            False,
         ),
         ("closed-loop relay, messages/s", "relay_closed.messages_per_s", True),
         ("closed-loop relay p99, ms", "relay_closed.latency_ms.p99", False),
