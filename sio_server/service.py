@@ -58,6 +58,7 @@ from .presence import (
     Presence,
 )
 from .ratelimit import Limit, RateLimiter
+from .socket_server import ChatManager
 from .store import Store
 
 logger = logging.getLogger("sio_server.chats")
@@ -1366,12 +1367,21 @@ class ChatService:
         """
         return {
             "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
-            "held_connects": len(getattr(self.sio.manager, "held", ())),
+            "held_connects": self._held_connects(),
+            "socket_room_index": self._room_index_size(),
             "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),
             "grace_timers": self.people.timer_count(),
         }
+
+    def _held_connects(self) -> int:
+        manager = self.sio.manager
+        return len(manager.held) if isinstance(manager, ChatManager) else 0
+
+    def _room_index_size(self) -> int:
+        manager = self.sio.manager
+        return manager.room_entries() if isinstance(manager, ChatManager) else 0
 
     async def queue_summary(self) -> dict[str, Any]:
         entries = await self.store.queue_entries()
