@@ -1,7 +1,7 @@
 """The client manager's index of rooms per socket, against python-socketio's.
 
 The same random sequence of connects, room changes and disconnects runs on
-`ChatManager` and on python-socketio's own `AsyncManager`; after every step
+`ChatManager` and on python-socketio's own `AsyncManager`. After every step,
 both must hold the same rooms and report the same rooms for every socket.
 """
 
