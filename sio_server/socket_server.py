@@ -450,11 +450,14 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(
         self, eio_sid: str, namespace: str | None, data: Any
     ) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+            # Released even when the handler raised, so that nothing is kept.
+            held = self.manager.release(sid) if sid is not None else []
         if sid is None:
             return
-        held = self.manager.release(sid)
         if self.after_connect is not None:
             await self.after_connect(sid)
         for frame in held:
