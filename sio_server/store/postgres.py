@@ -785,13 +785,16 @@ class PostgresStore(Store):
         )
 
     async def queue_position(self, chat_id: str) -> int:
+        # The chat's rank and department come from scalar subqueries, which
+        # PostgreSQL runs once before the count. As a join, with statistics
+        # that predate a burst of joins, it planned a nested loop that read
+        # the queue once per queued chat: 271 ms instead of 0.5 ms at 2,000.
         position = await self._pool_or_raise().fetchval(
-            "SELECT COUNT(*) FROM chats q,"
-            " (SELECT queue_rank, department FROM chats"
-            "  WHERE id = $1 AND status = 'queued') me"
-            " WHERE q.status = 'queued'"
-            " AND q.department IS NOT DISTINCT FROM me.department"
-            " AND q.queue_rank <= me.queue_rank",
+            "SELECT COUNT(*) FROM chats q WHERE q.status = 'queued'"
+            " AND q.queue_rank <= (SELECT CASE WHEN status = 'queued'"
+            "  THEN queue_rank END FROM chats WHERE id = $1)"
+            " AND q.department IS NOT DISTINCT FROM"
+            " (SELECT department FROM chats WHERE id = $1)",
             chat_id,
         )
         return int(position or 0)
