@@ -74,7 +74,7 @@ FULL = Profile(
     relay_pairs=100,
     relay_duration_s=10,
     open_chats=1000,
-    # Up to where the Node peer bends as well; a target's ladder stops after
+    # Up to where the Node peer bends as well. A target's ladder stops after
     # the first step whose p99 is over OPEN_STOP_P99_MS.
     open_rates=[500, 1000, 2000, 3000, 4000, 5000, 8000, 12000],
     open_step_s=10,
@@ -241,8 +241,9 @@ def settle_after_close(target: Target) -> dict[str, float]:
     """Wait until the server is idle after the generator closed its sockets.
 
     Return the seconds and the server CPU seconds until then. A server whose
-    cost per disconnect grows with the sockets it holds shows it here. Idle
-    means under 5 ms of CPU in a quarter second; the wait ends after 120 s.
+    cost per disconnect grows with its number of open sockets shows it here.
+    Idle means under 5 ms of CPU in a quarter second. The wait ends after
+    120 s.
     """
     start = time.monotonic()
     first = previous = target.cpu_sample()["server"]

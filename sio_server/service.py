@@ -163,7 +163,7 @@ class ChatService:
         self._after_connect: dict[str, list[tuple[str, Any]]] = {}
         self._availability_cache: tuple[tuple[int, int], float] | None = None
         # Raised at every local change of agents, so that a read that started
-        # before the change does not put its stale answer into the cache.
+        # before the change does not put its stale result into the cache.
         self._availability_version = 0
         self._agents_notice: asyncio.TimerHandle | None = None
         self._agents_notice_at = 0.0
