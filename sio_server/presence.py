@@ -135,9 +135,9 @@ class Presence:
 class People(ABC):
     """Who is online across the deployment, and their grace timers.
 
-    `local` contains this process's sockets. In one process that is everyone;
-    in a cluster the implementation also tracks the other nodes' sockets,
-    so that a person with tabs on two nodes is one person and a grace
+    `local` contains this process's sockets, which in one process is
+    everyone. In a cluster the implementation also tracks the other nodes'
+    sockets. A person with tabs on two nodes is then one person, and a grace
     period fires once, on one node.
     """
 

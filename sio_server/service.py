@@ -1365,23 +1365,18 @@ class ChatService:
         Each count returns to its idle value when the chats end and the
         people leave; one that keeps growing is a leak.
         """
+        manager = self.sio.manager
+        # A service built on a plain python-socketio server has no such index.
+        indexed = isinstance(manager, ChatManager)
         return {
-            "socketio_rooms": len(self.sio.manager.rooms.get("/", {})),
-            "held_connects": self._held_connects(),
-            "socket_room_index": self._room_index_size(),
+            "socketio_rooms": len(manager.rooms.get("/", {})),
+            "held_connects": len(manager.held_frames) if indexed else 0,
+            "socket_room_index": manager.room_entries() if indexed else 0,
             "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),
             "grace_timers": self.people.timer_count(),
         }
-
-    def _held_connects(self) -> int:
-        manager = self.sio.manager
-        return len(manager.held) if isinstance(manager, ChatManager) else 0
-
-    def _room_index_size(self) -> int:
-        manager = self.sio.manager
-        return manager.room_entries() if isinstance(manager, ChatManager) else 0
 
     async def queue_summary(self) -> dict[str, Any]:
         entries = await self.store.queue_entries()

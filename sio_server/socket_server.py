@@ -226,7 +226,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Frames waiting for each socket that is still connecting, by sid.
-        self.held: dict[str, list[eio_packet.Packet]] = {}
+        self.held_frames: dict[str, list[eio_packet.Packet]] = {}
         # The rooms of each socket, by namespace and sid, in the order entered.
         self._rooms_of: dict[tuple[str, str], dict[Any, None]] = {}
 
@@ -268,15 +268,15 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
     async def pre_connect(self, eio_sid: str, namespace: str) -> str | None:
         sid: str | None = await super().pre_connect(eio_sid, namespace)
         if sid is not None:
-            self.held[sid] = []
+            self.held_frames[sid] = []
         return sid
 
     def release(self, sid: str) -> list[eio_packet.Packet]:
         """Stop holding events for `sid` and return those held so far."""
-        return self.held.pop(sid, [])
+        return self.held_frames.pop(sid, [])
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
-        self.held.pop(sid, None)
+        self.held_frames.pop(sid, None)
         return await super().disconnect(sid, namespace, **kwargs)
 
     async def emit(
@@ -309,7 +309,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         for sid, eio_sid in list(self.get_participants(namespace, to or room)):
             if sid in skipped:
                 continue
-            held = self.held.get(sid)
+            held = self.held_frames.get(sid)
             if held is None:
                 await self.server._send_eio_packet(eio_sid, frame)
             else:

@@ -280,8 +280,8 @@ async def serve_in_waves(
 
     A wave fills every agent to its capacity, never beyond, and serves each
     chat once. Before the wave's chats end, `next_in_line` returns the queue
-    in the order the next wave must take it; without it the next wave must be
-    the next chats of `chat_ids`.
+    in the order the next wave must take it. Without `next_in_line`, the next
+    wave must be the next chats of `chat_ids`.
     """
     waves: list[list[str]] = []
     remaining = list(chat_ids)

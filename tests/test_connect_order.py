@@ -72,13 +72,13 @@ async def test_room_events_follow_session(
         await sio.emit("news", {"number": number}, room="lobby")
     manager = sio.manager
     assert isinstance(manager, ChatManager)
-    assert len(manager.held) == 1
+    assert len(manager.held_frames) == 1
     resume.set()
     await connecting
     try:
         await asyncio.wait_for(all_received.wait(), 5)
         assert received == ["session", "news", "news", "news"]
-        assert manager.held == {}
+        assert manager.held_frames == {}
     finally:
         await client.disconnect()
 
@@ -99,4 +99,4 @@ async def test_refused_connect_holds_nothing(
         await client.connect(url, transports=["websocket"], auth={}, wait_timeout=5)
     manager = sio.manager
     assert isinstance(manager, ChatManager)
-    assert manager.held == {}
+    assert manager.held_frames == {}
