@@ -37,6 +37,11 @@ MAX_PACKETS_PER_POST = 1000
 BAD_PACKET_LOG_EVERY = 1000
 BAD_PACKET_LOG_FIRST = 20
 
+# Bytes a socket may have waiting in its transport's buffer for a packet to
+# still be written from the sender's task. The transport pauses writing at
+# 64 KiB by default, and aiohttp's next write then waits, so this stays below.
+DIRECT_WRITE_BACKLOG = 16 * 1024
+
 
 class OrjsonCodec:
     """The `json` module interface python-socketio expects, backed by orjson.
@@ -75,9 +80,11 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     def __init__(self, handler: Any, server: Any, *, compress: bool = False) -> None:
         super().__init__(handler, server)
         self.compress = compress
+        self._transport: asyncio.Transport | None = None
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
+        self._transport = request.transport
         self._sock = WebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size, compress=self.compress
         )
@@ -165,15 +172,29 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         )
 
     async def _write(self, socket: Any) -> None:
-        """Send queued packets until the queue yields `None` or stays idle too long."""
+        """Send packets as they are queued, until the queue yields `None`.
+
+        While this task waits on an empty queue, the queue hands packets
+        straight to `_send_now`, so a packet goes out in the call that sent it
+        and wakes no task. Packets queued meanwhile, and every packet while a
+        batch is going out here, wait their turn in the queue, so the order
+        holds. There is no idle deadline here, unlike python-engineio's loop:
+        the server pings every socket, and the reader's deadline ends a silent
+        one, which ends this loop too.
+        """
         queue = socket.queue
-        deadline_s = self.server.ping_interval + self.server.ping_timeout
+        # A compressed frame may wait for aiohttp's compressor, so those all
+        # go through the queue.
+        direct = None if self.compress else self._send_now
         while True:
+            if queue.empty():
+                queue.direct = direct
             try:
-                async with asyncio.timeout(deadline_s):
-                    first = await queue.get()
-            except (TimeoutError, asyncio.CancelledError):
+                first = await queue.get()
+            except asyncio.CancelledError:
                 break
+            finally:
+                queue.direct = None
             queue.task_done()
             if first is None:
                 break
@@ -192,6 +213,27 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             except Exception:
                 break
         await self.close()
+
+    async def _send_now(self, pkt: eio_packet.Packet, queue: PacketQueue) -> None:
+        """Send one packet from the caller's task, or queue it; see `_write`.
+
+        The packet is queued instead when the client is behind on reading, so
+        that a slow client makes its own writer wait, never the sender.
+        """
+        transport = self._transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_BACKLOG
+        ):
+            queue.put_nowait(pkt)
+            return
+        try:
+            await self.send(pkt.encode())
+        except Exception:
+            # A failed write ends the writer, as a failed write in `_write` does.
+            queue.direct = None
+            queue.put_nowait(None)
 
 
 class TextPacket(packet.Packet):  # type: ignore[misc]
@@ -324,9 +366,12 @@ class PacketQueue:
     This one keeps its item and waiter lists only while they are not empty.
     """
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "direct")
 
     def __init__(self) -> None:
+        # Set by the WebSocket writer while it waits: `put` then sends a
+        # packet at once through it, when nothing else is queued.
+        self.direct: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
         self._items: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
@@ -346,7 +391,11 @@ class PacketQueue:
         self._wake_getter()
 
     async def put(self, item: Any) -> None:
-        self.put_nowait(item)
+        direct = self.direct
+        if direct is not None and item is not None and not self._items:
+            await direct(item, self)
+        else:
+            self.put_nowait(item)
 
     def get_nowait(self) -> Any:
         if not self._items:

@@ -69,3 +69,28 @@ async def test_join_waits_for_task_done() -> None:
     await asyncio.wait_for(joiner, 1)
     with pytest.raises(ValueError):
         queue.task_done()
+
+
+async def test_put_goes_direct_only_past_an_empty_queue() -> None:
+    queue = PacketQueue()
+    sent: list[str] = []
+
+    async def direct(item: str, target: PacketQueue) -> None:
+        assert target is queue
+        sent.append(item)
+
+    queue.direct = direct
+    await queue.put("first")
+    assert sent == ["first"]
+    assert queue.empty()
+
+    # A packet already waiting keeps its place: later ones queue behind it.
+    queue.put_nowait("waiting")
+    await queue.put("behind")
+    assert sent == ["first"]
+    assert [queue.get_nowait(), queue.get_nowait()] == ["waiting", "behind"]
+
+    # The end mark always goes through the queue, for the writer to see.
+    await queue.put(None)
+    assert sent == ["first"]
+    assert queue.get_nowait() is None
