@@ -19,6 +19,24 @@ def count_events(client: ChatClient, event: str) -> int:
     return sum(1 for name, _ in client.received if name == event)
 
 
+async def join_and_take(visitor: ChatClient, agent: ChatClient) -> str:
+    """Queue `visitor` and return the chat id once `agent` has the chat."""
+    chat_id = str((await visitor.call("join_queue", {}))["chat"]["id"])
+    assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+    return chat_id
+
+
+async def chat_across_nodes(
+    cluster: Cluster, clients: Clients, **agent_options: Any
+) -> tuple[ChatClient, ChatClient, str]:
+    """Return a ready agent on node 1, a visitor on node 0, and their chat id."""
+    agent = await clients.at(cluster.nodes[1].url).agent(
+        "alice@example.com", ready=True, **agent_options
+    )
+    visitor = await clients.at(cluster.nodes[0].url).visitor()
+    return agent, visitor, await join_and_take(visitor, agent)
+
+
 async def test_paused_node_keeps_its_people(cluster_factory: ClusterFactory) -> None:
     """A node paused past its heartbeat TTL still counts its sockets when it resumes.
 
@@ -33,12 +51,7 @@ async def test_paused_node_keeps_its_people(cluster_factory: ClusterFactory) -> 
     cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
     clients = Clients(cluster.nodes[0])
     try:
-        agent = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True
-        )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        agent, visitor, chat_id = await chat_across_nodes(cluster, clients)
 
         process = cluster.nodes[1].process
         assert process is not None
@@ -122,8 +135,7 @@ async def test_agent_on_two_nodes_one_killed(cluster_factory: ClusterFactory) ->
             "alice@example.com", reconnection=False
         )
         visitor = await clients.at(cluster.nodes[2].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await first.next("chat_started"))["chat"]["id"] == chat_id
+        chat_id = await join_and_take(visitor, first)
         assert (await second.next("chat_started"))["chat"]["id"] == chat_id
 
         cluster.kill(1)
@@ -201,8 +213,7 @@ async def test_disable_agent_on_two_nodes(cluster_factory: ClusterFactory) -> No
         sessions = [data for name, data in first.received if name == "session"]
         agent_id = sessions[0]["agent_id"]
         visitor = await clients.at(cluster.nodes[2].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await first.next("chat_started"))["chat"]["id"] == chat_id
+        chat_id = await join_and_take(visitor, first)
 
         await admin_disable(cluster, 2, agent_id)
         for socket in (first, second):
@@ -236,8 +247,7 @@ async def test_sigterm_node_mid_chat(cluster_factory: ClusterFactory) -> None:
             "alice@example.com", ready=True
         )
         visitor = await clients.at(cluster.url, visitor_source).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        chat_id = await join_and_take(visitor, agent)
         agent.drain("session")
         visitor.drain("session")
 
@@ -278,6 +288,20 @@ def count_in_logs(cluster: Cluster, text: str) -> int:
     return sum(node.log().count(text) for node in cluster.nodes)
 
 
+async def wait_until_queued(
+    cluster: Cluster, token: str, chat_id: str, within_s: float
+) -> None:
+    """Poll node 0's admin overview until `chat_id` is in the queue."""
+    queued: list[str] = []
+    for _ in range(int(within_s * 2)):
+        overview = await admin_overview(cluster, 0, token)
+        queued = [entry["chat_id"] for entry in overview["queue"]]
+        if chat_id in queued:
+            return
+        await asyncio.sleep(0.5)
+    assert chat_id in queued, cluster.logs()
+
+
 async def test_redis_lost_during_agent_grace(
     cluster_factory: ClusterFactory, tmp_path: Path
 ) -> None:
@@ -296,12 +320,9 @@ async def test_redis_lost_during_agent_grace(
         cluster = await cluster_factory(2, redis_url=redis.url, CHAT_AGENT_GRACE_S="4")
         clients = Clients(cluster.nodes[0])
         try:
-            agent = await clients.at(cluster.nodes[1].url).agent(
-                "alice@example.com", ready=True, reconnection=False
+            agent, _, chat_id = await chat_across_nodes(
+                cluster, clients, reconnection=False
             )
-            visitor = await clients.at(cluster.nodes[0].url).visitor()
-            chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-            assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
 
             token = await admin_token(cluster)
             await agent.disconnect()
@@ -309,14 +330,7 @@ async def test_redis_lost_during_agent_grace(
             redis.stop()
             redis.start()
 
-            queued: list[str] = []
-            for _ in range(30):
-                overview = await admin_overview(cluster, 0, token)
-                queued = [entry["chat_id"] for entry in overview["queue"]]
-                if chat_id in queued:
-                    break
-                await asyncio.sleep(0.5)
-            assert chat_id in queued, cluster.logs()
+            await wait_until_queued(cluster, token, chat_id, 15)
             await asyncio.sleep(5)
             assert count_in_logs(cluster, f"requeued chat={chat_id}") == 1
         finally:
@@ -348,8 +362,7 @@ async def test_all_nodes_killed_restarted(cluster_factory: ClusterFactory) -> No
             {"role": "visitor", "token": None}, reconnection=False
         )
         await visitor.connect()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        chat_id = await join_and_take(visitor, agent)
         token = await admin_token(cluster)
 
         cluster.kill(0)
@@ -431,12 +444,9 @@ async def test_grace_owner_node_killed(cluster_factory: ClusterFactory) -> None:
     cluster = await cluster_factory(3, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
     clients = Clients(cluster.nodes[0])
     try:
-        agent = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True, reconnection=False
+        agent, visitor, chat_id = await chat_across_nodes(
+            cluster, clients, reconnection=False
         )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
 
         loop = asyncio.get_running_loop()
         left_at = loop.time()
@@ -468,12 +478,7 @@ async def test_reply_timeout_once_in_cluster(cluster_factory: ClusterFactory) ->
     )
     clients = Clients(cluster.nodes[0])
     try:
-        agent = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True
-        )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        agent, visitor, _ = await chat_across_nodes(cluster, clients)
 
         removed = await agent.next("chat_removed", 10)
         assert removed["reason"] == "no_reply"
@@ -509,12 +514,9 @@ async def test_redis_lost_heartbeat_first(
         )
         clients = Clients(cluster.nodes[0])
         try:
-            agent = await clients.at(cluster.nodes[1].url).agent(
-                "alice@example.com", ready=True, reconnection=False
+            agent, _, chat_id = await chat_across_nodes(
+                cluster, clients, reconnection=False
             )
-            visitor = await clients.at(cluster.nodes[0].url).visitor()
-            chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-            assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
             token = await admin_token(cluster)
 
             await agent.disconnect()
@@ -523,14 +525,7 @@ async def test_redis_lost_heartbeat_first(
             await asyncio.sleep(3)
             redis.start()
 
-            queued: list[str] = []
-            for _ in range(40):
-                overview = await admin_overview(cluster, 0, token)
-                queued = [entry["chat_id"] for entry in overview["queue"]]
-                if chat_id in queued:
-                    break
-                await asyncio.sleep(0.5)
-            assert chat_id in queued, cluster.logs()
+            await wait_until_queued(cluster, token, chat_id, 20)
         finally:
             await clients.close()
             cluster.stop()
@@ -553,12 +548,9 @@ async def test_node_restarted_same_id(cluster_factory: ClusterFactory) -> None:
     cluster = await cluster_factory(2, CHAT_AGENT_GRACE_S="3")
     clients = Clients(cluster.nodes[0])
     try:
-        agent = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True, reconnection=False
+        _, visitor, chat_id = await chat_across_nodes(
+            cluster, clients, reconnection=False
         )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
 
         cluster.kill(1)
         await asyncio.to_thread(cluster.restart, 1)
@@ -593,8 +585,7 @@ async def test_transfer_to_agent_on_two_nodes(cluster_factory: ClusterFactory) -
             "alice@example.com", ready=True
         )
         visitor = await clients.at(cluster.nodes[2].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+        chat_id = await join_and_take(visitor, alice)
         bob_tabs = [
             await clients.at(cluster.nodes[n].url).agent("bob@example.com")
             for n in (1, 2)
@@ -639,12 +630,7 @@ async def test_idle_timeout_once_in_cluster(cluster_factory: ClusterFactory) -> 
     )
     clients = Clients(cluster.nodes[0])
     try:
-        agent = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True
-        )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await agent.next("chat_started"))["chat"]["id"] == chat_id
+        agent, visitor, _ = await chat_across_nodes(cluster, clients)
 
         for client in (agent, visitor):
             ended = await client.next("chat_ended", 10)
@@ -680,8 +666,7 @@ async def test_transfers_race_for_last_slot(cluster_factory: ClusterFactory) -> 
             for owner in (alice, carol):
                 assert (await owner.call("agent_ready", {"max_chats": 1}))["ok"]
                 visitor = await visitors.visitor()
-                chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-                assert (await owner.next("chat_started", 5))["chat"]["id"] == chat_id
+                chat_id = await join_and_take(visitor, owner)
                 assert (await owner.call("agent_away"))["ok"]
                 chats.append(chat_id)
             third = await visitors.visitor()
@@ -739,12 +724,7 @@ async def test_paused_node_agent_hears_requeued(
     cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="3")
     clients = Clients(cluster.nodes[0])
     try:
-        alice = await clients.at(cluster.nodes[1].url).agent(
-            "alice@example.com", ready=True
-        )
-        visitor = await clients.at(cluster.nodes[0].url).visitor()
-        chat_id = (await visitor.call("join_queue", {}))["chat"]["id"]
-        assert (await alice.next("chat_started"))["chat"]["id"] == chat_id
+        alice, visitor, chat_id = await chat_across_nodes(cluster, clients)
         bob = await clients.at(cluster.nodes[0].url).agent(
             "bob@example.com", ready=True
         )
