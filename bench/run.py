@@ -553,12 +553,20 @@ def chart(run: Run, names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5))
-    for name in names:
+    # One colour per target, so that its p50 and p99 lines read as a pair.
+    for index, name in enumerate(names):
         steps = open_loop_steps(run.results.get(name, {}).get("relay_open", {}))
         rates = [step["rate"] for step in steps]
         for quantile, style in (("p50", "--"), ("p99", "-")):
             values = [(step.get("latency_ms") or {}).get(quantile) for step in steps]
-            axis.plot(rates, values, style, marker="o", label=f"{name} {quantile}")
+            axis.plot(
+                rates,
+                values,
+                style,
+                color=f"C{index}",
+                marker="o",
+                label=f"{name} {quantile}",
+            )
     axis.set_xlabel("offered load, messages per second (open loop)")
     axis.set_ylabel("latency, ms (log scale)")
     axis.set_yscale("log")
