@@ -81,6 +81,7 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         super().__init__(handler, server)
         self.compress = compress
         self._transport: asyncio.Transport | None = None
+        self._sid = ""
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
@@ -93,6 +94,7 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         # NOTE: python-engineio 4.x passes its socket's `_websocket_handler`
         # as `handler`; the socket it is bound to is the one served here.
         socket = self.handler.__self__
+        self._sid = socket.sid
         if await self._upgrade(socket):
             await self._serve(socket)
         return self._sock
@@ -174,27 +176,28 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     async def _write(self, socket: Any) -> None:
         """Send packets as they are queued, until the queue yields `None`.
 
-        While this task waits on an empty queue, the queue hands packets
-        straight to `_send_now`, so a packet goes out in the call that sent it
-        and wakes no task. Packets queued meanwhile, and every packet while a
-        batch is going out here, wait their turn in the queue, so the order
-        holds. There is no idle deadline here, unlike python-engineio's loop:
-        the server pings every socket, and the reader's deadline ends a silent
+        While this task waits on an empty queue, the queue passes each packet
+        to `_send_now`, which writes it from the sending task and wakes no
+        task. Packets that arrive while others wait or go out here are queued
+        behind them, so the order is kept.
+
+        Unlike python-engineio's loop, this one has no idle deadline. The
+        server pings every socket, and the reader's deadline ends a silent
         one, which ends this loop too.
         """
         queue = socket.queue
         # A compressed frame may wait for aiohttp's compressor, so those all
         # go through the queue.
-        direct = None if self.compress else self._send_now
+        send_now = None if self.compress else self._send_now
         while True:
             if queue.empty():
-                queue.direct = direct
+                queue.send_now = send_now
             try:
                 first = await queue.get()
             except asyncio.CancelledError:
                 break
             finally:
-                queue.direct = None
+                queue.send_now = None
             queue.task_done()
             if first is None:
                 break
@@ -215,10 +218,10 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         await self.close()
 
     async def _send_now(self, pkt: eio_packet.Packet, queue: PacketQueue) -> None:
-        """Send one packet from the caller's task, or queue it; see `_write`.
+        """Write one packet from the sending task, or queue it for `_write`.
 
-        The packet is queued instead when the client is behind on reading, so
-        that a slow client makes its own writer wait, never the sender.
+        The packet is queued when the client is behind on reading, so that a
+        slow client makes its own writer wait, never the sender.
         """
         transport = self._transport
         if (
@@ -230,9 +233,10 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             return
         try:
             await self.send(pkt.encode())
-        except Exception:
+        except Exception as exc:
+            logger.info("sid=%s websocket write failed: %r", self._sid, exc)
             # A failed write ends the writer, as a failed write in `_write` does.
-            queue.direct = None
+            queue.send_now = None
             queue.put_nowait(None)
 
 
@@ -366,12 +370,12 @@ class PacketQueue:
     This one keeps its item and waiter lists only while they are not empty.
     """
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "direct")
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "send_now")
 
     def __init__(self) -> None:
-        # Set by the WebSocket writer while it waits: `put` then sends a
-        # packet at once through it, when nothing else is queued.
-        self.direct: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
+        # The WebSocket writer's `_send_now`, set while the writer waits. `put`
+        # passes a packet to it instead of queueing when nothing else waits.
+        self.send_now: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
         self._items: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
@@ -391,9 +395,9 @@ class PacketQueue:
         self._wake_getter()
 
     async def put(self, item: Any) -> None:
-        direct = self.direct
-        if direct is not None and item is not None and not self._items:
-            await direct(item, self)
+        send_now = self.send_now
+        if send_now is not None and item is not None and not self._items:
+            await send_now(item, self)
         else:
             self.put_nowait(item)
 

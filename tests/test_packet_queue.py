@@ -71,15 +71,15 @@ async def test_join_waits_for_task_done() -> None:
         queue.task_done()
 
 
-async def test_put_goes_direct_only_past_an_empty_queue() -> None:
+async def test_put_sends_now_past_empty_queue() -> None:
     queue = PacketQueue()
     sent: list[str] = []
 
-    async def direct(item: str, target: PacketQueue) -> None:
+    async def send_now(item: str, target: PacketQueue) -> None:
         assert target is queue
         sent.append(item)
 
-    queue.direct = direct
+    queue.send_now = send_now
     await queue.put("first")
     assert sent == ["first"]
     assert queue.empty()

@@ -21,11 +21,23 @@ from urllib.parse import urlsplit
 from tests.support import Clients, ServerProcess
 
 TEXT = "x" * 3990
-# More than the kernel's largest send buffer (4 MiB on Linux by default) plus
-# the transport's, so that the server's writes to the reader stall.
-BYTES_TO_SEND = 6 * 2**20
 # Maximum time for a reply to the agent while its partner reads nothing.
 REPLY_WITHIN_S = 2.0
+
+
+def bytes_to_stall() -> int:
+    """Return more bytes than the server's socket and transport can buffer.
+
+    The kernel grows a TCP send buffer up to the third value of
+    net.ipv4.tcp_wmem (4 MiB by default on Linux), and the transport pauses
+    writing at 64 KiB, so 2 MiB more than the maximum stalls the writes.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem", encoding="ascii") as limits:
+            largest = int(limits.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        largest = 4 * 2**20
+    return largest + 2 * 2**20
 
 
 class StalledVisitor:
@@ -42,14 +54,14 @@ class StalledVisitor:
     @classmethod
     async def connect(cls, server: ServerProcess) -> StalledVisitor:
         address = urlsplit(server.url)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # A fixed size turns off the kernel's growth of the buffer.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
+        client_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client_socket.setblocking(False)
         await asyncio.get_running_loop().sock_connect(
-            sock, (address.hostname, address.port)
+            client_socket, (address.hostname, address.port)
         )
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await asyncio.open_connection(sock=client_socket)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
             (
@@ -59,18 +71,20 @@ class StalledVisitor:
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
+        response_head = await reader.readuntil(b"\r\n\r\n")
+        assert response_head.startswith(b"HTTP/1.1 101"), response_head
         return cls(reader, writer)
 
     def send(self, text: str) -> None:
+        """Send a short text frame, masked as a client must."""
         payload = text.encode()
-        assert len(payload) < 126
+        assert len(payload) < 126, "only frames under 126 bytes are supported"
         mask = os.urandom(4)
         masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
         self.writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
 
     async def receive(self) -> str:
+        """Return the text of the next frame from the server."""
         first, second = await self.reader.readexactly(2)
         assert first == 0x81, f"expected a final text frame, got {first:#x}"
         length = second & 0x7F
@@ -81,6 +95,7 @@ class StalledVisitor:
         return (await self.reader.readexactly(length)).decode()
 
     async def wait_for(self, prefix: str) -> str:
+        """Return the next frame that starts with `prefix`, replying to pings."""
         while True:
             frame = await asyncio.wait_for(self.receive(), 10)
             if frame == "2":
@@ -114,7 +129,7 @@ async def test_stalled_reader_delays_no_reply(
         started = await agent.next("chat_started")
         chat_id = started["chat"]["id"]
 
-        count = BYTES_TO_SEND // len(TEXT)
+        count = bytes_to_stall() // len(TEXT)
         slowest = 0.0
         for n in range(count):
             began = time.monotonic()
