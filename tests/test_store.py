@@ -147,6 +147,21 @@ async def test_simultaneous_starts_migrate_once(database_url: str) -> None:
     assert sorted(row[0] for row in rows) == expected
 
 
+async def test_simultaneous_first_opens_of_new_files(tmp_path: Path) -> None:
+    """Processes that all find a new SQLite file switch it to WAL together.
+
+    SQLite rejects such a switch at once, without the busy timeout. A single
+    round rarely shows the race, so the test runs many.
+    """
+    for round_ in range(40):
+        url = f"sqlite:///{tmp_path / f'chat-{round_}.sqlite3'}"
+        starting = [create_store(url) for _ in range(PROCESSES)]
+        results = await outcomes([store.open() for store in starting])
+        for store in starting:
+            await store.close()
+        assert results == [None] * PROCESSES, f"round {round_}"
+
+
 def test_migration_names_match() -> None:
     """Both dialects have the same migrations, so versions mean the same schema."""
     sqlite_names = [name for _, name, _ in load_migrations("sqlite")]

@@ -59,6 +59,9 @@ from .migrations import load_migrations
 
 logger = logging.getLogger("sio_server.store")
 
+# How long a connection waits for another one to release the file.
+BUSY_TIMEOUT_MS = 5000
+
 
 def _chat(row: sqlite3.Row) -> Chat:
     return Chat(**dict(row))
@@ -103,7 +106,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._use_write_ahead_log(self._writer)
         await self._migrate()
         self._reader = await self._connect()
 
@@ -115,10 +118,34 @@ class SQLiteStore(Store):
         for pragma in (
             "PRAGMA synchronous = FULL",
             "PRAGMA foreign_keys = ON",
-            "PRAGMA busy_timeout = 5000",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
         ):
             await connection.execute(pragma)
         return connection
+
+    async def _use_write_ahead_log(self, connection: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL fails at once with "database is locked"
+        # while another connection switches it too, without waiting out the
+        # busy timeout, so retry here until that timeout.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as error:
+                if (
+                    error.sqlite_errorcode != sqlite3.SQLITE_BUSY
+                    or loop.time() > give_up
+                ):
+                    raise
+                await asyncio.sleep(0.01)
+                continue
+            mode = next(iter(rows))[0]
+            if mode != "wal":
+                raise RuntimeError(
+                    f"failed to switch {self._path} to WAL: journal mode is {mode!r}"
+                )
+            return
 
     async def _migrate(self) -> None:
         assert self._writer is not None
