@@ -22,7 +22,7 @@ from sio_server.models import Chat, Sender, Visitor, new_id, utc_now
 from sio_server.store import PostgresStore, SQLiteStore, Store, create_store
 from sio_server.store.migrations import load_migrations
 from sio_server.store.postgres import _escape_text, _unescape_text
-from sio_server.store.sqlite import _split_sql
+from sio_server.store.sqlite import CHECKPOINT_PAGES, _split_sql
 from tests.database import (
     BACKENDS,
     create_postgres_database,
@@ -288,6 +288,34 @@ async def check_upgraded(store: Store) -> None:
 
 
 # One store
+
+
+async def test_sqlite_write_ahead_log_stays_small(tmp_path: Path) -> None:
+    """Commits copy the log into the database every CHECKPOINT_PAGES pages.
+
+    The log file keeps its largest size, so its size shows how long the log
+    grew between two copies.
+    """
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        chat_id, visitor, _ = await active_chat(store)
+        for batch in range(300):
+            await asyncio.gather(
+                *(
+                    store.add_message(chat_id, visitor, "x" * 200, f"{batch}-{n}")
+                    for n in range(10)
+                )
+            )
+        # Closing the last connection deletes the log, so measure it first.
+        wal_bytes = (tmp_path / "chat.sqlite3-wal").stat().st_size
+    finally:
+        await store.close()
+    page_size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    wal_pages = wal_bytes // page_size
+    assert wal_pages > CHECKPOINT_PAGES / 2
+    assert wal_pages < CHECKPOINT_PAGES * 1.5
 
 
 async def test_message_seq_and_last_seq(store: Store) -> None:

@@ -61,6 +61,13 @@ logger = logging.getLogger("sio_server.store")
 
 # How long a connection waits for another one to release the file.
 BUSY_TIMEOUT_MS = 5000
+# Pages in the write-ahead log that make the next commit copy them into the
+# database file. Every message waiting on that commit waits for the copy too,
+# so short, frequent copies keep the latency tail low. In alternating runs of
+# the open-loop benchmark at 2,000 msg/s, 300 pages gave a p99 of 5.0 to 6.7 ms
+# and SQLite's default of 1,000 gave 7.3 to 11.9 ms, for the same CPU per
+# message.
+CHECKPOINT_PAGES = 300
 
 
 def _chat(row: sqlite3.Row) -> Chat:
@@ -107,6 +114,7 @@ class SQLiteStore(Store):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
         await self._use_write_ahead_log(self._writer)
+        await self._writer.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         await self._migrate()
         self._reader = await self._connect()
 
