@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,7 +149,7 @@ async def test_simultaneous_starts_migrate_once(database_url: str) -> None:
 
 
 async def test_simultaneous_first_opens_of_new_files(tmp_path: Path) -> None:
-    """Processes that all find a new SQLite file switch it to WAL together.
+    """Stores that open a new SQLite file at once all switch it to WAL.
 
     SQLite rejects such a switch at once, without the busy timeout. A single
     round rarely shows the race, so the test runs many.
@@ -312,7 +313,8 @@ async def test_sqlite_write_ahead_log_stays_small(tmp_path: Path) -> None:
         wal_bytes = (tmp_path / "chat.sqlite3-wal").stat().st_size
     finally:
         await store.close()
-    page_size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    with closing(sqlite3.connect(path)) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
     wal_pages = wal_bytes // page_size
     assert wal_pages > CHECKPOINT_PAGES / 2
     assert wal_pages < CHECKPOINT_PAGES * 1.5

@@ -132,28 +132,28 @@ class SQLiteStore(Store):
         return connection
 
     async def _use_write_ahead_log(self, connection: aiosqlite.Connection) -> None:
-        # Switching a new file to WAL fails at once with "database is locked"
-        # while another connection switches it too, without waiting out the
-        # busy timeout, so retry here until that timeout.
+        """Switch the database file to WAL, retrying while another connection does.
+
+        SQLite fails that switch at once with "database is locked", without
+        waiting out the busy timeout, so the retries here last up to it.
+        """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BUSY_TIMEOUT_MS / 1000
         while True:
             try:
                 rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+                break
             except sqlite3.OperationalError as error:
-                if (
-                    error.sqlite_errorcode != sqlite3.SQLITE_BUSY
-                    or loop.time() > give_up
-                ):
+                busy = error.sqlite_errorcode == sqlite3.SQLITE_BUSY
+                if not busy or loop.time() > give_up:
                     raise
-                await asyncio.sleep(0.01)
-                continue
-            mode = next(iter(rows))[0]
-            if mode != "wal":
-                raise RuntimeError(
-                    f"failed to switch {self._path} to WAL: journal mode is {mode!r}"
-                )
-            return
+            await asyncio.sleep(0.01)
+        mode = next(iter(rows))[0]
+        if mode != "wal":
+            raise RuntimeError(
+                f"failed to switch {self._path} to WAL: journal mode is still"
+                f" {mode!r}. WAL needs a local file system, not a network share."
+            )
 
     async def _migrate(self) -> None:
         assert self._writer is not None
