@@ -658,9 +658,11 @@ class ChatService:
                 connection, chat.id, payload.message, client_id
             )
 
-        self._sent_positions.pop(chat.id, None)
+        if not created:
+            # Resend the position to every tab. A new chat is skipped, because a
+            # running update may have sent its position already.
+            self._sent_positions.pop(chat.id, None)
         self._queue_moved()
-        # The queue update that follows reaches the visitor's other tabs too.
         position = await self._position(chat)
         agents_online = await self._agents_online()
         return reply(

@@ -116,6 +116,16 @@ async def test_join_twice_returns_same_chat(clients: Clients) -> None:
     assert [m["text"] for m in history["messages"]] == ["one"]
 
 
+async def test_rejoin_resends_position(clients: Clients) -> None:
+    visitor = await clients.visitor()
+    joined = await visitor.call("join_queue", {})
+    assert (await visitor.next("queue_update"))["position"] == 1
+    await visitor.no_more("queue_update", within=0.5)
+    rejoined = await visitor.call("join_queue", {})
+    assert rejoined["chat"]["id"] == joined["chat"]["id"]
+    assert (await visitor.next("queue_update"))["position"] == 1
+
+
 async def test_join_again_stores_new_message(clients: Clients) -> None:
     visitor = await clients.visitor()
     first = await visitor.call("join_queue", {"message": "one", "client_id": "c1"})
