@@ -52,6 +52,8 @@ WORKLOADS = ("idle", "relay_closed", "relay_open", "match", "storm")
 @dataclass(frozen=True)
 class Profile:
     idle_counts: list[int]
+    # Rounds of each idle count, the targets taking turns in every round.
+    idle_rounds: int
     relay_pairs: int
     relay_duration_s: int
     open_chats: int
@@ -71,6 +73,7 @@ OPEN_STOP_P99_MS = 1000
 
 FULL = Profile(
     idle_counts=[1000, 5000, 10000],
+    idle_rounds=3,
     relay_pairs=100,
     relay_duration_s=10,
     open_chats=1000,
@@ -85,6 +88,7 @@ FULL = Profile(
 )
 QUICK = Profile(
     idle_counts=[1000],
+    idle_rounds=1,
     relay_pairs=50,
     relay_duration_s=3,
     open_chats=200,
@@ -204,7 +208,31 @@ def run_loadgen(
         }
 
 
-def bench_idle(run: Run, target: Target, count: int) -> None:
+def bench_idle(run: Run, targets: list[Target], count: int) -> None:
+    """Connect `count` sockets to each target, in rounds that alternate targets.
+
+    The speed of a shared machine drifts over minutes, so one run per target
+    could favour whichever ran at a fast moment. Each target's figures are
+    those of its median round by connections per second, and the result lists
+    the rate of every round.
+    """
+    rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    for _ in range(run.profile.idle_rounds):
+        for target in targets:
+            rounds[target.name].append(idle_round(target, count))
+    for target in targets:
+        results = rounds[target.name]
+        by_rate = sorted(results, key=lambda r: r.get("connections_per_s") or 0)
+        result = dict(by_rate[len(by_rate) // 2])
+        if len(results) > 1:
+            result["connections_per_s_rounds"] = [
+                r.get("connections_per_s") for r in results
+            ]
+            result["ok"] = all(r.get("ok") for r in results)
+        run.record(target, f"idle_{count}", result)
+
+
+def idle_round(target: Target, count: int) -> dict[str, Any]:
     tokens = target.prepare(max(1, count // 10))
     target.start()
     try:
@@ -232,7 +260,7 @@ def bench_idle(run: Run, target: Target, count: int) -> None:
             result["rss_per_connection_kb"] = round(
                 (sample["rss"] - before) / connected / 1024, 1
             )
-        run.record(target, f"idle_{count}", result)
+        return result
     finally:
         target.stop()
 
@@ -350,31 +378,56 @@ def bench_storm(run: Run, target: Target) -> None:
         target.stop()
 
 
-def bench_target(run: Run, target: Target) -> None:
-    print(f"== {target.label}", file=sys.stderr)
-    run.targets[target.name] = target.describe()
-    reason = target.unavailable()
-    if reason is not None:
-        print(f"  {target.name:5} skipped: {reason}", file=sys.stderr)
-        run.targets[target.name]["skipped"] = reason
-        return
-    workloads = run.workloads
-    if isinstance(target, Cluster):
-        workloads &= frozenset(run.profile.cluster_workloads)
-        run.targets[target.name]["workloads"] = sorted(workloads)
+def runnable(run: Run, targets: list[Target]) -> list[Target]:
+    """Record what each target is and return those that can run here."""
+    ready = []
+    for target in targets:
+        run.targets[target.name] = target.describe()
+        reason = target.unavailable()
+        if reason is not None:
+            print(f"  {target.name:5} skipped: {reason}", file=sys.stderr)
+            run.targets[target.name]["skipped"] = reason
+            continue
+        if isinstance(target, Cluster):
+            run.targets[target.name]["workloads"] = sorted(
+                run.workloads & frozenset(run.profile.cluster_workloads)
+            )
+        ready.append(target)
+    return ready
+
+
+def bench_all(run: Run, targets: list[Target]) -> None:
+    """Run each workload on every target before the next workload starts.
+
+    The targets of one workload then run minutes apart, not a whole run apart,
+    and a drift in the machine's speed between them is smaller.
+    """
     try:
-        bench_workloads(run, target, workloads)
+        for workload in WORKLOADS:
+            if workload not in run.workloads:
+                continue
+            chosen = [
+                target
+                for target in targets
+                if not isinstance(target, Cluster)
+                or workload in run.profile.cluster_workloads
+            ]
+            print(f"== {workload}", file=sys.stderr)
+            if workload == "idle":
+                for count in run.profile.idle_counts:
+                    bench_idle(run, chosen, count)
+                continue
+            for target in chosen:
+                bench_workload(run, target, workload)
     finally:
-        target.release()
+        for target in targets:
+            target.release()
 
 
-def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None:
+def bench_workload(run: Run, target: Target, workload: str) -> None:
     profile = run.profile
     agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
-    if "idle" in workloads:
-        for count in profile.idle_counts:
-            bench_idle(run, target, count)
-    if "relay_closed" in workloads:
+    if workload == "relay_closed":
         bench_relay(
             run,
             target,
@@ -390,7 +443,7 @@ def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None
             ],
             agents_for(profile.relay_pairs),
         )
-    if "relay_open" in workloads:
+    if workload == "relay_open":
         bench_relay(
             run,
             target,
@@ -410,7 +463,7 @@ def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None
             ],
             agents_for(profile.open_chats),
         )
-    if "match" in workloads:
+    if workload == "match":
         bench_simple(
             run,
             target,
@@ -426,7 +479,7 @@ def bench_workloads(run: Run, target: Target, workloads: frozenset[str]) -> None
             ],
             profile.match_agents,
         )
-    if "storm" in workloads:
+    if workload == "storm":
         bench_storm(run, target)
 
 
@@ -623,6 +676,11 @@ def main() -> int:
         help="chats in the reconnect storm, two sockets each (1,000; 200 with --quick)",
     )
     parser.add_argument(
+        "--idle-rounds",
+        type=int,
+        help="rounds of each idle count, taking the median round (3; 1 with --quick)",
+    )
+    parser.add_argument(
         "--workloads",
         help="comma-separated subset of: " + ", ".join(WORKLOADS) + ". Default:"
         " all of them, except that ours2 runs idle and relay_closed only with"
@@ -653,6 +711,10 @@ def main() -> int:
     profile = QUICK if args.quick else FULL
     if args.storm_chats:
         profile = replace(profile, storm_chats=args.storm_chats)
+    if args.idle_rounds is not None:
+        if args.idle_rounds < 1:
+            parser.error(f"--idle-rounds must be 1 or more, got {args.idle_rounds}")
+        profile = replace(profile, idle_rounds=args.idle_rounds)
     if args.workloads:
         profile = replace(profile, cluster_workloads=WORKLOADS)
     out = Path(args.out)
@@ -660,8 +722,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sio-bench-") as workdir:
         run = Run(profile=profile, workdir=Path(workdir), workloads=workloads)
-        for name in names:
-            bench_target(run, TARGET_CLASSES[name](Path(workdir)))
+        targets = [TARGET_CLASSES[name](Path(workdir)) for name in names]
+        bench_all(run, runnable(run, targets))
         text, rows = table(run, names)
 
     report = {
