@@ -52,7 +52,7 @@ WORKLOADS = ("idle", "relay_closed", "relay_open", "match", "storm")
 @dataclass(frozen=True)
 class Profile:
     idle_counts: list[int]
-    # Rounds of each idle count, the targets taking turns in every round.
+    # Rounds of each idle count. The targets take turns within each round.
     idle_rounds: int
     relay_pairs: int
     relay_duration_s: int
@@ -378,6 +378,13 @@ def bench_storm(run: Run, target: Target) -> None:
         target.stop()
 
 
+def runs_workload(run: Run, target: Target, workload: str) -> bool:
+    """Return whether `target` runs `workload`: clusters run only some."""
+    if workload not in run.workloads:
+        return False
+    return not isinstance(target, Cluster) or workload in run.profile.cluster_workloads
+
+
 def runnable(run: Run, targets: list[Target]) -> list[Target]:
     """Record what each target is and return those that can run here."""
     ready = []
@@ -389,9 +396,11 @@ def runnable(run: Run, targets: list[Target]) -> list[Target]:
             run.targets[target.name]["skipped"] = reason
             continue
         if isinstance(target, Cluster):
-            run.targets[target.name]["workloads"] = sorted(
-                run.workloads & frozenset(run.profile.cluster_workloads)
-            )
+            run.targets[target.name]["workloads"] = [
+                workload
+                for workload in sorted(WORKLOADS)
+                if runs_workload(run, target, workload)
+            ]
         ready.append(target)
     return ready
 
@@ -404,14 +413,9 @@ def bench_all(run: Run, targets: list[Target]) -> None:
     """
     try:
         for workload in WORKLOADS:
-            if workload not in run.workloads:
+            chosen = [t for t in targets if runs_workload(run, t, workload)]
+            if not chosen:
                 continue
-            chosen = [
-                target
-                for target in targets
-                if not isinstance(target, Cluster)
-                or workload in run.profile.cluster_workloads
-            ]
             print(f"== {workload}", file=sys.stderr)
             if workload == "idle":
                 for count in run.profile.idle_counts:
@@ -443,7 +447,7 @@ def bench_workload(run: Run, target: Target, workload: str) -> None:
             ],
             agents_for(profile.relay_pairs),
         )
-    if workload == "relay_open":
+    elif workload == "relay_open":
         bench_relay(
             run,
             target,
@@ -463,7 +467,7 @@ def bench_workload(run: Run, target: Target, workload: str) -> None:
             ],
             agents_for(profile.open_chats),
         )
-    if workload == "match":
+    elif workload == "match":
         bench_simple(
             run,
             target,
@@ -479,7 +483,7 @@ def bench_workload(run: Run, target: Target, workload: str) -> None:
             ],
             profile.match_agents,
         )
-    if workload == "storm":
+    elif workload == "storm":
         bench_storm(run, target)
 
 
