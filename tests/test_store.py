@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import closing
@@ -168,6 +170,22 @@ def test_migration_names_match() -> None:
     sqlite_names = [name for _, name, _ in load_migrations("sqlite")]
     postgres_names = [name for _, name, _ in load_migrations("postgres")]
     assert sqlite_names == postgres_names
+
+
+def test_new_ids_are_time_ordered_uuids() -> None:
+    """Ids are UUIDs of version 7 that sort by creation time and never repeat."""
+    earlier = [new_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = [new_id() for _ in range(1000)]
+    assert len(set(earlier + later)) == 2000
+    assert max(earlier) < min(later)
+    for value in earlier + later:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+    created_ms = uuid.UUID(later[0]).int >> 80
+    assert abs(created_ms - time.time() * 1000) < 5000
 
 
 def test_split_sql_keeps_trigger_whole() -> None:
