@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -59,6 +60,8 @@ class Profile:
     open_chats: int
     open_rates: list[int]
     open_step_s: int
+    # Rounds of the open-loop ladder, the targets taking turns as in idle.
+    open_rounds: int
     match_visitors: int
     match_agents: int
     match_capacity: int
@@ -81,6 +84,7 @@ FULL = Profile(
     # the first step whose p99 is over OPEN_STOP_P99_MS.
     open_rates=[500, 1000, 2000, 3000, 4000, 5000, 8000, 12000],
     open_step_s=10,
+    open_rounds=3,
     match_visitors=2000,
     match_agents=100,
     match_capacity=5,
@@ -94,6 +98,7 @@ QUICK = Profile(
     open_chats=200,
     open_rates=[500, 2000],
     open_step_s=3,
+    open_rounds=1,
     match_visitors=500,
     match_agents=50,
     match_capacity=5,
@@ -302,9 +307,9 @@ def bench_simple(
 
 
 def bench_relay(
-    run: Run, target: Target, key: str, workload: str, options: list[str], agents: int
-) -> None:
-    """Run a relay workload and add the CPU time used in each measured window."""
+    target: Target, workload: str, options: list[str], agents: int
+) -> dict[str, Any]:
+    """Run a relay workload; return its result with the CPU of each measured window."""
     tokens = target.prepare(agents)
     target.start()
     windows: list[dict[str, float]] = []
@@ -339,7 +344,7 @@ def bench_relay(
         elif workload == "relay-open":
             for step, window in zip(open_loop_steps(result), windows, strict=False):
                 add_cpu(step, window, step.get("received"))
-        run.record(target, key, result)
+        return result
     finally:
         target.stop()
 
@@ -421,6 +426,9 @@ def bench_all(run: Run, targets: list[Target]) -> None:
                 for count in run.profile.idle_counts:
                     bench_idle(run, chosen, count)
                 continue
+            if workload == "relay_open":
+                bench_open(run, chosen)
+                continue
             for target in chosen:
                 bench_workload(run, target, workload)
     finally:
@@ -428,45 +436,79 @@ def bench_all(run: Run, targets: list[Target]) -> None:
             target.release()
 
 
+def bench_open(run: Run, targets: list[Target]) -> None:
+    """Run the open-loop ladder on each target, in rounds that alternate targets.
+
+    Each step's figures are those of the round with the median p99 at that
+    rate (the slower middle one of an even count), and the result lists the
+    p99 of every round by rate. A round that skipped the rate because a lower
+    one bent counts as the slowest.
+    """
+    profile = run.profile
+    options = [
+        "--chats",
+        str(profile.open_chats),
+        "--rates",
+        ",".join(str(rate) for rate in profile.open_rates),
+        "--step-s",
+        str(profile.open_step_s),
+        "--stop-p99-ms",
+        str(OPEN_STOP_P99_MS),
+        "--max-chats",
+        str(profile.max_chats),
+    ]
+    agents = -(-profile.open_chats // profile.max_chats)
+    rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    for _ in range(profile.open_rounds):
+        for target in targets:
+            result = bench_relay(target, "relay-open", options, agents)
+            rounds[target.name].append(result)
+    for target in targets:
+        run.record(target, "relay_open", median_steps(rounds[target.name]))
+
+
+def median_steps(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge rounds of the open-loop ladder into one result of median steps."""
+    if len(results) == 1:
+        return results[0]
+    merged = dict(results[0])
+    rates = sorted(
+        {int(step["rate"]) for result in results for step in open_loop_steps(result)}
+    )
+    steps = []
+    p99_rounds: dict[str, list[float | None]] = {}
+    for rate in rates:
+        found = [step_at(result, rate) for result in results]
+        p99_rounds[str(rate)] = [step_p99(step) for step in found]
+        ordered = sorted(found, key=lambda step: step_p99(step) or math.inf)
+        middle = ordered[len(ordered) // 2]
+        if middle is not None:
+            steps.append(middle)
+    merged["steps"] = steps
+    merged["p99_ms_rounds"] = p99_rounds
+    merged["ok"] = all(result.get("ok") for result in results)
+    merged["errors"] = [
+        error for result in results for error in result.get("errors") or []
+    ]
+    return merged
+
+
 def bench_workload(run: Run, target: Target, workload: str) -> None:
     profile = run.profile
     agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
     if workload == "relay_closed":
-        bench_relay(
-            run,
-            target,
-            "relay_closed",
-            "relay-closed",
-            [
-                "--pairs",
-                str(profile.relay_pairs),
-                "--duration-s",
-                str(profile.relay_duration_s),
-                "--max-chats",
-                str(profile.max_chats),
-            ],
-            agents_for(profile.relay_pairs),
+        options = [
+            "--pairs",
+            str(profile.relay_pairs),
+            "--duration-s",
+            str(profile.relay_duration_s),
+            "--max-chats",
+            str(profile.max_chats),
+        ]
+        result = bench_relay(
+            target, "relay-closed", options, agents_for(profile.relay_pairs)
         )
-    elif workload == "relay_open":
-        bench_relay(
-            run,
-            target,
-            "relay_open",
-            "relay-open",
-            [
-                "--chats",
-                str(profile.open_chats),
-                "--rates",
-                ",".join(str(rate) for rate in profile.open_rates),
-                "--step-s",
-                str(profile.open_step_s),
-                "--stop-p99-ms",
-                str(OPEN_STOP_P99_MS),
-                "--max-chats",
-                str(profile.max_chats),
-            ],
-            agents_for(profile.open_chats),
-        )
+        run.record(target, "relay_closed", result)
     elif workload == "match":
         bench_simple(
             run,
@@ -502,11 +544,22 @@ def highest_rate_under(result: dict[str, Any], p99_ms: float) -> int | None:
     return best
 
 
-def p99_at(result: dict[str, Any], rate: int) -> float | None:
+def step_at(result: dict[str, Any], rate: int) -> dict[str, Any] | None:
     for step in open_loop_steps(result):
         if int(step.get("rate", -1)) == rate:
-            return (step.get("latency_ms") or {}).get("p99")
+            return step
     return None
+
+
+def step_p99(step: dict[str, Any] | None) -> float | None:
+    if step is None:
+        return None
+    p99: float | None = (step.get("latency_ms") or {}).get("p99")
+    return p99
+
+
+def p99_at(result: dict[str, Any], rate: int) -> float | None:
+    return step_p99(step_at(result, rate))
 
 
 def figures(
@@ -685,6 +738,12 @@ def main() -> int:
         help="rounds of each idle count, taking the median round (3; 1 with --quick)",
     )
     parser.add_argument(
+        "--open-rounds",
+        type=int,
+        help="rounds of the open-loop ladder, taking the median round at each"
+        " rate (3; 1 with --quick)",
+    )
+    parser.add_argument(
         "--workloads",
         help="comma-separated subset of: " + ", ".join(WORKLOADS) + ". Default:"
         " all of them, except that ours2 runs idle and relay_closed only with"
@@ -719,6 +778,10 @@ def main() -> int:
         if args.idle_rounds < 1:
             parser.error(f"--idle-rounds must be 1 or more, got {args.idle_rounds}")
         profile = replace(profile, idle_rounds=args.idle_rounds)
+    if args.open_rounds is not None:
+        if args.open_rounds < 1:
+            parser.error(f"--open-rounds must be 1 or more, got {args.open_rounds}")
+        profile = replace(profile, open_rounds=args.open_rounds)
     if args.workloads:
         profile = replace(profile, cluster_workloads=WORKLOADS)
     out = Path(args.out)
