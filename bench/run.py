@@ -480,7 +480,7 @@ def median_steps(results: list[dict[str, Any]]) -> dict[str, Any]:
     for rate in rates:
         found = [step_at(result, rate) for result in results]
         p99_rounds[str(rate)] = [step_p99(step) for step in found]
-        ordered = sorted(found, key=lambda step: step_p99(step) or math.inf)
+        ordered = sorted(found, key=slowest_if_missing)
         middle = ordered[len(ordered) // 2]
         if middle is not None:
             steps.append(middle)
@@ -556,6 +556,11 @@ def step_p99(step: dict[str, Any] | None) -> float | None:
         return None
     p99: float | None = (step.get("latency_ms") or {}).get("p99")
     return p99
+
+
+def slowest_if_missing(step: dict[str, Any] | None) -> float:
+    p99 = step_p99(step)
+    return math.inf if p99 is None else p99
 
 
 def p99_at(result: dict[str, Any], rate: int) -> float | None:
