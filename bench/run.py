@@ -309,7 +309,7 @@ def bench_simple(
 def bench_relay(
     target: Target, workload: str, options: list[str], agents: int
 ) -> dict[str, Any]:
-    """Run a relay workload; return its result with the CPU of each measured window."""
+    """Run a relay workload and return its result, with the CPU of each window."""
     tokens = target.prepare(agents)
     target.start()
     windows: list[dict[str, float]] = []
@@ -436,6 +436,11 @@ def bench_all(run: Run, targets: list[Target]) -> None:
             target.release()
 
 
+def agents_for(profile: Profile, chats: int) -> int:
+    """Return how many agents of `profile.max_chats` each can take `chats` chats."""
+    return -(-chats // profile.max_chats)
+
+
 def bench_open(run: Run, targets: list[Target]) -> None:
     """Run the open-loop ladder on each target, in rounds that alternate targets.
 
@@ -457,7 +462,7 @@ def bench_open(run: Run, targets: list[Target]) -> None:
         "--max-chats",
         str(profile.max_chats),
     ]
-    agents = -(-profile.open_chats // profile.max_chats)
+    agents = agents_for(profile, profile.open_chats)
     rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
     for _ in range(profile.open_rounds):
         for target in targets:
@@ -495,7 +500,6 @@ def median_steps(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def bench_workload(run: Run, target: Target, workload: str) -> None:
     profile = run.profile
-    agents_for = lambda chats: -(-chats // profile.max_chats)  # noqa: E731
     if workload == "relay_closed":
         options = [
             "--pairs",
@@ -506,7 +510,7 @@ def bench_workload(run: Run, target: Target, workload: str) -> None:
             str(profile.max_chats),
         ]
         result = bench_relay(
-            target, "relay-closed", options, agents_for(profile.relay_pairs)
+            target, "relay-closed", options, agents_for(profile, profile.relay_pairs)
         )
         run.record(target, "relay_closed", result)
     elif workload == "match":

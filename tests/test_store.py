@@ -173,7 +173,7 @@ def test_migration_names_match() -> None:
 
 
 def test_new_ids_are_time_ordered_uuids() -> None:
-    """Ids are UUIDs of version 7 that sort by creation time and never repeat."""
+    """Ids are distinct UUIDs of version 7 that sort by creation time."""
     earlier = [new_id() for _ in range(1000)]
     time.sleep(0.002)
     later = [new_id() for _ in range(1000)]
