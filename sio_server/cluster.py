@@ -146,6 +146,52 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         if self.listening:
             await super()._publish(data)
 
+    # Moves of a person's sockets happen here at once, then on the other nodes
+    # in the order of the channel. A node that was paused therefore applies
+    # a move before any event sent to the room after it.
+
+    async def move_in(self, members: Any, room: Any, namespace: str = "/") -> None:
+        await super().move_in(members, room, namespace)
+        await self._publish_move("enter_room", namespace, members, room)
+
+    async def move_out(self, members: Any, room: Any, namespace: str = "/") -> None:
+        await super().move_out(members, room, namespace)
+        await self._publish_move("leave_room", namespace, members, room)
+
+    async def _publish_move(
+        self, method: str, namespace: str, members: Any, room: Any
+    ) -> None:
+        # A node without the handlers below, such as one of an older release
+        # during an upgrade, has no socket None and ignores the change.
+        await self._publish(
+            {
+                "method": method,
+                "sid": None,
+                "members": members,
+                "room": room,
+                "namespace": namespace,
+                "host_id": self.host_id,
+            }
+        )
+
+    # NOTE: `_handle_enter_room` and `_handle_leave_room` are python-socketio's
+    # handlers of room changes published by other nodes.
+    async def _handle_enter_room(self, message: dict[str, Any]) -> None:
+        if message.get("members") is None:
+            await super()._handle_enter_room(message)
+            return
+        self._apply_move(message, enter=True)
+
+    async def _handle_leave_room(self, message: dict[str, Any]) -> None:
+        if message.get("members") is None:
+            await super()._handle_leave_room(message)
+            return
+        self._apply_move(message, enter=False)
+
+    def _apply_move(self, message: dict[str, Any], *, enter: bool) -> None:
+        namespace = message.get("namespace") or "/"
+        self.basic_move(namespace, message["members"], message.get("room"), enter=enter)
+
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
     # a minute and logs nothing when it succeeds. This copy of it uses a short
     # pause and calls the hook.

@@ -113,7 +113,13 @@ class ChatService:
         metrics: Metrics,
         mailer: Mailer | None = None,
     ) -> None:
+        if not isinstance(sio.manager, ChatManager):
+            raise TypeError(
+                "the Socket.IO server's client manager must be a ChatManager"
+            )
         self.sio = sio
+        # Moves a person's sockets in and out of rooms, on every node.
+        self.manager: ChatManager = sio.manager
         self.store = store
         self.signer = signer
         self.settings = settings
@@ -243,34 +249,17 @@ class ChatService:
     async def _came_back(self, keys: list[PersonKey]) -> None:
         """Restore people whom another node took for gone while this one stalled.
 
-        Their agents are connected again for matching. An agent whose chats
-        were requeued meanwhile may still sit in those chats' rooms, so such
-        an agent's sockets are dropped to reconnect with a fresh session.
+        Their agents are connected again for matching. Chats that left them
+        meanwhile need nothing here: the room changes and `chat_removed`
+        reached this node through Redis, in order, before anything sent to
+        those chats afterwards.
         """
         for role, agent_id in keys:
-            if role != "agent":
-                continue
-            await self.store.set_agent_connected(agent_id, True)
-            active = {
-                chat_room(chat.id)
-                for chat in await self.store.active_chats_of_agent(agent_id)
-            }
-            for sid in self.presence.sockets(("agent", agent_id)):
-                rooms = set(self.sio.rooms(sid))
-                if {
-                    room for room in rooms if room.startswith(CHAT_ROOM_PREFIX)
-                } - active:
-                    await self._drop(sid)
+            if role == "agent":
+                await self.store.set_agent_connected(agent_id, True)
         self._agents_changed()
         self._matcher.request()
         self._queue_moved()
-
-    async def _drop(self, sid: str) -> None:
-        """Drop one socket as a network failure would, so that its client reconnects."""
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        socket = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-        if socket is not None:
-            await _drop_socket(socket)
 
     async def drop_connections(self) -> int:
         """Drop every socket of this process as a network failure would.
@@ -640,8 +629,7 @@ class ChatService:
             first_message=first_message,
         )
 
-        for sid in await self.people.sockets(connection.key):
-            await self.sio.enter_room(sid, chat_room(chat.id))
+        await self.manager.move_in(person_room(*connection.key), chat_room(chat.id))
 
         message = None
         if created:
@@ -972,9 +960,7 @@ class ChatService:
         """Tell everyone that a chat left `old_agent` for a new agent or the queue."""
         # The caller has the chat lock.
         self._awaiting_reply.pop(chat.id, None)
-        room = chat_room(chat.id)
-        for sid in await self.people.sockets(("agent", old_agent)):
-            await self.sio.leave_room(sid, room)
+        await self.manager.move_out(person_room("agent", old_agent), chat_room(chat.id))
         to = None
         if chat.agent_id is not None:
             to = {"id": chat.agent_id, "name": chat.agent_name}
@@ -1013,8 +999,9 @@ class ChatService:
         """
         assert chat.agent_id is not None
         self._awaiting_reply[chat.id] = time.monotonic()
-        for sid in await self.people.sockets(("agent", chat.agent_id)):
-            await self.sio.enter_room(sid, chat_room(chat.id))
+        await self.manager.move_in(
+            person_room("agent", chat.agent_id), chat_room(chat.id)
+        )
         if history is None:
             history = await self.store.list_messages(
                 chat.id, limit=STARTED_MESSAGES_LIMIT
@@ -1275,8 +1262,7 @@ class ChatService:
             chat = await self.store.get_chat(assigned.id)
             if chat is None or chat.status != "active" or chat.agent_id != agent_id:
                 return
-            for sid in await self.people.sockets(("visitor", chat.visitor_id)):
-                await self.sio.enter_room(sid, room)
+            await self.manager.move_in(person_room("visitor", chat.visitor_id), room)
             messages, has_more = await self.store.list_messages(
                 chat.id, limit=STARTED_MESSAGES_LIMIT
             )
@@ -1367,13 +1353,10 @@ class ChatService:
         Each count returns to its idle value when the chats end and the
         people leave; one that keeps growing is a leak.
         """
-        manager = self.sio.manager
-        # A service built on a plain python-socketio server has no such index.
-        indexed = isinstance(manager, ChatManager)
         return {
-            "socketio_rooms": len(manager.rooms.get("/", {})),
-            "held_connects": len(manager.held_frames) if indexed else 0,
-            "socket_room_index": manager.room_entries() if indexed else 0,
+            "socketio_rooms": len(self.manager.rooms.get("/", {})),
+            "held_connects": len(self.manager.held_frames),
+            "socket_room_index": self.manager.room_entries(),
             "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),
@@ -1482,20 +1465,10 @@ class ChatService:
             chats = await self.store.requeue_agent_chats(agent_id)
             self._agents_changed()
         for chat in chats:
+            # The agent's sockets can still be open on a node that stalled
+            # and was taken for dead; they get `chat_removed` when it resumes.
             async with self.people.lock(f"chat:{chat.id}"):
-                room = chat_room(chat.id)
-                for sid in await self.people.sockets(("agent", agent_id)):
-                    await self.sio.leave_room(sid, room)
-                await self.sio.emit(
-                    "chat_requeued",
-                    {
-                        "chat_id": chat.id,
-                        "reason": "agent_left",
-                        "department": chat.department,
-                    },
-                    room=person_room("visitor", chat.visitor_id),
-                )
-                self._sent_positions.pop(chat.id, None)
+                await self._hand_over(chat, agent_id, "agent_left")
             self.metrics.chat_events.labels("requeued").inc()
             logger.info("requeued chat=%s from agent=%s", chat.id, agent_id)
         self._queue_moved()

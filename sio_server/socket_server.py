@@ -303,6 +303,27 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
                 if not sids:
                     del pending[namespace]
 
+    # A person's own room holds all of that person's sockets, so moving its
+    # members needs no list of sids. The cluster's manager repeats each move
+    # on every node.
+
+    async def move_in(self, members: Any, room: Any, namespace: str = "/") -> None:
+        """Put every socket of room `members` into `room` as well."""
+        self.basic_move(namespace, members, room, enter=True)
+
+    async def move_out(self, members: Any, room: Any, namespace: str = "/") -> None:
+        """Take every socket of room `members` out of `room`."""
+        self.basic_move(namespace, members, room, enter=False)
+
+    def basic_move(
+        self, namespace: str, members: Any, room: Any, *, enter: bool
+    ) -> None:
+        for sid, eio_sid in list(self.get_participants(namespace, members)):
+            if enter:
+                self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+            else:
+                self.basic_leave_room(sid, namespace, room)
+
     def get_rooms(self, sid: str, namespace: str) -> list[Any]:
         rooms = self._rooms_of.get((namespace, sid), {})
         return [room for room in rooms if room is not None]

@@ -19,6 +19,7 @@ from sio_server.auth import TokenSigner
 from sio_server.config import Settings
 from sio_server.metrics import Metrics
 from sio_server.service import ChatService
+from sio_server.socket_server import ChatManager
 from sio_server.store import create_store
 from sio_server.store.base import Store
 
@@ -34,7 +35,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def test_stale_read_not_cached(store: Store) -> None:
     settings = Settings(secret_key="k" * 32)
     signer = TokenSigner(settings.secret_key, 60, 60)
-    service = ChatService(socketio.AsyncServer(), store, signer, settings, Metrics())
+    service = ChatService(
+        socketio.AsyncServer(client_manager=ChatManager()),
+        store,
+        signer,
+        settings,
+        Metrics(),
+    )
     agent = await store.create_agent("alice@example.com", "Alice", "unused")
     await store.set_agent_connected(agent.id, True)
     await store.set_agent_ready(agent.id, 5, None)

@@ -3,6 +3,8 @@
 The same random sequence of connects, room changes and disconnects runs on
 `ChatManager` and on python-socketio's own `AsyncManager`. After every step,
 both must hold the same rooms and report the same rooms for every socket.
+A move of one room's members into or out of another is done socket by socket
+on python-socketio's manager.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ async def test_rooms_match_python_socketio(seed: int) -> None:
     choose = random.Random(seed)
     sids: list[str] = []
     for step in range(300):
-        action = choose.choice(["connect", "enter", "enter", "leave", "close", "drop"])
+        action = choose.choice(
+            ["connect", "enter", "enter", "leave", "close", "drop", "move"]
+        )
         if action == "connect" or not sids:
             eio_sid = f"e{step}"
             sid = await ours.pre_connect(eio_sid, NAMESPACE)
@@ -55,6 +59,19 @@ async def test_rooms_match_python_socketio(seed: int) -> None:
             sid, room = choose.choice(sids), choose.choice(ROOMS)
             await ours.leave_room(sid, NAMESPACE, room)
             await reference.leave_room(sid, NAMESPACE, room)
+        elif action == "move":
+            members, room = choose.sample(ROOMS, 2)
+            enter = choose.random() < 0.5
+            moving = [sid for sid, _ in reference.get_participants(NAMESPACE, members)]
+            if enter:
+                await ours.move_in(members, room, NAMESPACE)
+            else:
+                await ours.move_out(members, room, NAMESPACE)
+            for sid in moving:
+                if enter:
+                    await reference.enter_room(sid, NAMESPACE, room)
+                else:
+                    await reference.leave_room(sid, NAMESPACE, room)
         elif action == "close":
             room = choose.choice(ROOMS)
             await ours.close_room(room, NAMESPACE)

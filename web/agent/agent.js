@@ -256,6 +256,9 @@
     if (reason === "no_reply") {
       return "The chat with " + name + " went back to the queue: it had no reply in time.";
     }
+    if (reason === "agent_left") {
+      return "The chat with " + name + " went back to the queue: you were offline too long.";
+    }
     if (to && to.name) return "The chat with " + name + " was transferred to " + to.name + ".";
     return "The chat with " + name + " went back to the queue for another agent.";
   }
