@@ -146,9 +146,9 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         if self.listening:
             await super()._publish(data)
 
-    # Moves of a person's sockets happen here at once, then on the other nodes
-    # in the order of the channel. A node that was paused therefore applies
-    # a move before any event sent to the room after it.
+    # Moves and disconnects of a person's sockets happen here at once, then
+    # on the other nodes in the order of the channel. A node that was paused
+    # therefore applies them before any event sent after them.
 
     async def move_in(self, members: Any, room: Any, namespace: str = "/") -> None:
         await super().move_in(members, room, namespace)
@@ -158,24 +158,37 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         await super().move_out(members, room, namespace)
         await self._publish_move("leave_room", namespace, members, room)
 
+    async def disconnect_members(self, members: Any, namespace: str = "/") -> None:
+        await super().disconnect_members(members, namespace)
+        await self._publish_move("disconnect", namespace, members)
+
     async def _publish_move(
-        self, method: str, namespace: str, members: Any, room: Any
+        self, method: str, namespace: str, members: Any, room: Any = None
     ) -> None:
         # A node without the handlers below, such as one of an older release
         # during an upgrade, has no socket None and ignores the change.
-        await self._publish(
-            {
-                "method": method,
-                "sid": None,
-                "members": members,
-                "room": room,
-                "namespace": namespace,
-                "host_id": self.host_id,
-            }
+        message = {
+            "method": method,
+            "sid": None,
+            "members": members,
+            "namespace": namespace,
+            "host_id": self.host_id,
+        }
+        if room is not None:
+            message["room"] = room
+        await self._publish(message)
+
+    # NOTE: `_handle_enter_room`, `_handle_leave_room` and `_handle_disconnect`
+    # are python-socketio's handlers of changes published by other nodes.
+    async def _handle_disconnect(self, message: dict[str, Any]) -> None:
+        members = message.get("members")
+        if members is None:
+            await super()._handle_disconnect(message)
+            return
+        await ChatManager.disconnect_members(
+            self, members, message.get("namespace") or "/"
         )
 
-    # NOTE: `_handle_enter_room` and `_handle_leave_room` are python-socketio's
-    # handlers of room changes published by other nodes.
     async def _handle_enter_room(self, message: dict[str, Any]) -> None:
         if message.get("members") is None:
             await super()._handle_enter_room(message)

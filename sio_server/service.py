@@ -514,6 +514,7 @@ class ChatService:
         )
         connection = Connection(sid, "observer", agent.id, agent.name)
         await self.people.add(connection)
+        await self.sio.enter_room(sid, person_room("observer", agent.id))
         session = {"role": "observer", "agent_id": agent.id, "name": agent.name}
         self._after_connect[sid] = [("session", session)]
         logger.info("connect sid=%s observer=%s", sid, agent.id)
@@ -816,11 +817,10 @@ class ChatService:
 
     async def _sign_out(self, agent_id: str, reason: str) -> None:
         """Tell an agent's sockets why, then disconnect them; their tokens are void."""
-        sids = await self.people.sockets(("agent", agent_id))
-        sids |= await self.people.sockets(("observer", agent_id))
-        for sid in sids:
-            await self.sio.emit("signed_out", {"reason": reason}, to=sid)
-            await self.sio.disconnect(sid)
+        for role in ("agent", "observer"):
+            room = person_room(role, agent_id)
+            await self.sio.emit("signed_out", {"reason": reason}, room=room)
+            await self.manager.disconnect_members(room)
         logger.info("signed out agent=%s reason=%s", agent_id, reason)
 
     async def overview(self) -> dict[str, Any]:

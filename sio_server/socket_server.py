@@ -315,6 +315,11 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         """Take every socket of room `members` out of `room`."""
         self.basic_move(namespace, members, room, enter=False)
 
+    async def disconnect_members(self, members: Any, namespace: str = "/") -> None:
+        """Disconnect every socket of room `members` from the server."""
+        for sid, _ in list(self.get_participants(namespace, members)):
+            await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+
     def basic_move(
         self, namespace: str, members: Any, room: Any, *, enter: bool
     ) -> None:

@@ -228,6 +228,46 @@ async def test_disable_agent_on_two_nodes(cluster_factory: ClusterFactory) -> No
         await clients.close()
 
 
+async def test_disable_agent_on_paused_node(cluster_factory: ClusterFactory) -> None:
+    """Disabling an agent signs out its socket on a node that was stalled.
+
+    Steps: the agent is connected to node 1 only. Node 1 stops with SIGSTOP
+    (TTL 2 s) until node 0 has taken it for dead and removed its sockets
+    from Redis, and an admin disables the agent through node 0 meanwhile.
+    Then node 1 resumes.
+
+    Expected: the agent's socket receives `signed_out` and is disconnected
+    once node 1 runs again.
+    """
+    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="30")
+    clients = Clients(cluster.nodes[0])
+    try:
+        agent = await clients.at(cluster.nodes[1].url).agent(
+            "alice@example.com", reconnection=False
+        )
+        sessions = [data for name, data in agent.received if name == "session"]
+        agent_id = sessions[0]["agent_id"]
+
+        process = cluster.nodes[1].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            # The TTL plus node 0's next heartbeat, with a margin.
+            await asyncio.sleep(4)
+            await admin_disable(cluster, 0, agent_id)
+        finally:
+            process.send_signal(signal.SIGCONT)
+
+        assert await agent.next("signed_out", 5) == {"reason": "disabled"}
+        for _ in range(50):
+            if not agent.sio.connected:
+                break
+            await asyncio.sleep(0.1)
+        assert not agent.sio.connected
+    finally:
+        await clients.close()
+
+
 async def test_sigterm_node_mid_chat(cluster_factory: ClusterFactory) -> None:
     """A node stopped with SIGTERM mid-chat hands its people to the other nodes.
 
@@ -714,7 +754,7 @@ async def test_paused_node_agent_misses_moved_chat(
     """An agent on a paused node gets no messages of a chat that moved on.
 
     Steps: agent A on node 1 serves a visitor on node 0, and node 1 stops
-    with SIGSTOP (TTL 1 s, agent grace 1 s). A's grace period ends while
+    with SIGSTOP (TTL 2 s, agent grace 1 s). A's grace period ends while
     node 1 is stopped, so the chat goes back to the queue and agent B on
     node 0 takes it. The visitor sends a message, and only then does node 1
     resume, with the chat's changes and the message waiting for it in Redis.
@@ -723,7 +763,7 @@ async def test_paused_node_agent_misses_moved_chat(
     message, so B receives it and A, whose socket stayed open, does not. A
     receives `chat_removed` instead.
     """
-    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="1", CHAT_AGENT_GRACE_S="1")
+    cluster = await cluster_factory(2, CHAT_NODE_TTL_S="2", CHAT_AGENT_GRACE_S="1")
     clients = Clients(cluster.nodes[0])
     try:
         alice, visitor, chat_id = await chat_across_nodes(cluster, clients)
