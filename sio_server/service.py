@@ -453,7 +453,7 @@ class ChatService:
         """Admit an agent socket carrying a valid access token."""
         agent = await self.authenticate_agent(auth.token)
         if auth.observer:
-            return await self._connect_observer(sid, agent)
+            return await self._connect_observer(sid, agent, auth.token)
 
         await self._check_sockets(
             ("agent", agent.id), self.settings.max_sockets_per_agent
@@ -466,13 +466,12 @@ class ChatService:
         # A grace expiry that is requeueing this agent's chats finishes first;
         # the agent then comes back away, with no chats.
         async with self.people.lock(f"agent:{agent.id}"):
+            # Checked again now that the socket is in the agent's room: a
+            # sign-out from here on reaches it, and one before it is seen here.
+            agent = await self.authenticate_agent(auth.token)
             if first:
                 await self.store.set_agent_connected(agent.id, True)
                 self._agents_changed()
-            current = await self.store.get_agent(agent.id)
-            if current is None:
-                raise Unauthorized("agent token names an unknown agent")
-            agent = current
             if agent.status == "offline":
                 agent = await self.store.set_agent_status(agent.id, "away")
                 self._agents_changed()
@@ -501,7 +500,7 @@ class ChatService:
         logger.info("connect sid=%s agent=%s status=%s", sid, agent.id, agent.status)
         return connection
 
-    async def _connect_observer(self, sid: str, agent: Agent) -> Connection:
+    async def _connect_observer(self, sid: str, agent: Agent, token: str) -> Connection:
         """Admit an admin's socket that only watches chats.
 
         It is not the agent being online: it takes no part in matching,
@@ -515,6 +514,8 @@ class ChatService:
         connection = Connection(sid, "observer", agent.id, agent.name)
         await self.people.add(connection)
         await self.sio.enter_room(sid, person_room("observer", agent.id))
+        # Checked again, as for an agent socket.
+        await self.authenticate_agent(token)
         session = {"role": "observer", "agent_id": agent.id, "name": agent.name}
         self._after_connect[sid] = [("session", session)]
         logger.info("connect sid=%s observer=%s", sid, agent.id)
@@ -1357,6 +1358,7 @@ class ChatService:
             "socketio_rooms": len(self.manager.rooms.get("/", {})),
             "held_connects": len(self.manager.held_frames),
             "socket_room_index": self.manager.room_entries(),
+            "cut_off_connects": len(self.manager.cut_off),
             "locks": self.people.lock_count(),
             "queue_positions": len(self._sent_positions),
             "awaiting_reply": len(self._awaiting_reply),

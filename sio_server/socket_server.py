@@ -273,6 +273,8 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # Frames waiting for each socket that is still connecting, by sid.
         self.held_frames: dict[str, list[eio_packet.Packet]] = {}
+        # Sockets to disconnect as soon as their connect completes.
+        self.cut_off: set[str] = set()
         # The rooms of each socket, by namespace and sid, in the order entered.
         self._rooms_of: dict[tuple[str, str], dict[Any, None]] = {}
 
@@ -303,7 +305,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
                 if not sids:
                     del pending[namespace]
 
-    # A person's own room holds all of that person's sockets, so moving its
+    # A person's own room contains all of that person's sockets, so moving its
     # members needs no list of sids. The cluster's manager repeats each move
     # on every node.
 
@@ -318,7 +320,13 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
     async def disconnect_members(self, members: Any, namespace: str = "/") -> None:
         """Disconnect every socket of room `members` from the server."""
         for sid, _ in list(self.get_participants(namespace, members)):
-            await self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+            if sid in self.held_frames:
+                # python-socketio skips a socket whose connect handler is running.
+                self.cut_off.add(sid)
+            else:
+                await self.server.disconnect(
+                    sid, namespace=namespace, ignore_queue=True
+                )
 
     def basic_move(
         self, namespace: str, members: Any, room: Any, *, enter: bool
@@ -349,6 +357,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
         self.held_frames.pop(sid, None)
+        self.cut_off.discard(sid)
         return await super().disconnect(sid, namespace, **kwargs)
 
     async def emit(
@@ -541,6 +550,8 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await self.after_connect(sid)
         for frame in held:
             await self._send_eio_packet(eio_sid, frame)
+        if sid in self.manager.cut_off:
+            await self.disconnect(sid, ignore_queue=True)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return ChatEngineServer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 import socketio
 
-from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
+from tests.support import PASSWORD, ChatClient, Clients, ServerProcess, matched_pair
 
 NEW_PASSWORD = "a much longer passphrase"
 
@@ -34,6 +35,62 @@ async def api(
 async def admin_token(server: ServerProcess) -> str:
     await server.create_agent("root@example.com", "Root", is_admin=True)
     return await server.login("root@example.com")
+
+
+async def test_disable_during_connects(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """Sockets that are still connecting when the agent is disabled end too.
+
+    Steps: 20 sockets of one agent start to connect, and after a pause that
+    grows each round (0 to 80 ms) an admin disables the agent. Five rounds,
+    each with a new agent.
+
+    Expected: 1.5 s later none of the sockets is connected. Each socket was
+    either refused or received `signed_out` before its disconnect.
+    """
+    server = server_factory(CHAT_MAX_SOCKETS_PER_AGENT="50")
+    clients = Clients(server)
+    try:
+        admin = await admin_token(server)
+        for round_number in range(5):
+            email = f"ann{round_number}@example.com"
+            await server.create_agent(email)
+            token = await server.login(email)
+            _, body = await api(server, "GET", "/api/admin/agents", admin)
+            ann_id = next(a["id"] for a in body["agents"] if a["email"] == email)
+            sockets = [
+                clients.client({"role": "agent", "token": token}, reconnection=False)
+                for _ in range(20)
+            ]
+
+            async def connect(client: ChatClient) -> None:
+                # A refusal is one of the expected outcomes.
+                with contextlib.suppress(socketio.exceptions.ConnectionError):
+                    await client.sio.connect(
+                        server.url, auth=client.auth, wait_timeout=5
+                    )
+
+            connecting = [asyncio.create_task(connect(c)) for c in sockets]
+            await asyncio.sleep(0.02 * round_number)
+            status, body = await api(
+                server,
+                "PATCH",
+                f"/api/admin/agents/{ann_id}",
+                admin,
+                {"disabled": True},
+            )
+            assert status == 200, body
+            await asyncio.gather(*connecting)
+            await asyncio.sleep(1.5)
+
+            connected = [c for c in sockets if c.sio.connected]
+            assert connected == [], (round_number, len(connected))
+            for client in sockets:
+                names = [name for name, _ in client.received]
+                assert client.connect_errors or "signed_out" in names, names
+    finally:
+        await clients.close()
 
 
 async def rejected_connect(clients: Clients, token: str) -> str:
