@@ -185,6 +185,9 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         if members is None:
             await super()._handle_disconnect(message)
             return
+        if not isinstance(members, str):
+            logger.warning("ignored a published disconnect of members %r", members)
+            return
         await ChatManager.disconnect_members(
             self, members, message.get("namespace") or "/"
         )
@@ -202,8 +205,14 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         self._apply_move(message, enter=False)
 
     def _apply_move(self, message: dict[str, Any], *, enter: bool) -> None:
+        members, room = message["members"], message.get("room")
+        if not isinstance(members, str) or not isinstance(room, str):
+            logger.warning(
+                "ignored a published room move of members %r to room %r", members, room
+            )
+            return
         namespace = message.get("namespace") or "/"
-        self.basic_move(namespace, message["members"], message.get("room"), enter=enter)
+        self.basic_move(namespace, members, room, enter=enter)
 
     # NOTE: python-socketio's own loop retries with a pause that doubles up to
     # a minute and logs nothing when it succeeds. This copy of it uses a short

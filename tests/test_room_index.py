@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import socketio
 
+from sio_server.cluster import ChatRedisManager
 from sio_server.socket_server import ChatManager
 
 NAMESPACE = "/"
@@ -89,3 +90,35 @@ async def test_rooms_match_python_socketio(seed: int) -> None:
         await ours.disconnect(sid, NAMESPACE)
     assert ours.rooms == {}
     assert ours.room_entries() == 0
+
+
+async def test_invalid_published_moves_ignored() -> None:
+    """A published move or disconnect with invalid members or room changes nothing.
+
+    Other nodes publish these messages, so no client can send one, but a
+    wrong one must not take sockets out of the namespace or raise.
+    """
+    manager = attach(ChatRedisManager("redis://127.0.0.1:6379/0", "test"))
+    assert isinstance(manager, ChatRedisManager)
+    sid = await manager.pre_connect("e1", NAMESPACE)
+    await manager.connect(sid, NAMESPACE)
+    manager.basic_enter_room(sid, NAMESPACE, "agent:1")
+    before = {room: dict(sids) for room, sids in manager.rooms[NAMESPACE].items()}
+
+    invalid = [
+        {"members": {}, "room": "chat:1"},
+        {"members": [], "room": "chat:1"},
+        {"members": "agent:1", "room": ["chat:1"]},
+        {"members": "agent:1"},
+    ]
+    for fields in invalid:
+        common = {"sid": None, "namespace": NAMESPACE, **fields}
+        await manager._handle_leave_room({"method": "leave_room", **common})
+        await manager._handle_enter_room({"method": "enter_room", **common})
+    await manager._handle_disconnect(
+        {"method": "disconnect", "sid": None, "namespace": NAMESPACE, "members": {}}
+    )
+
+    after = {room: dict(sids) for room, sids in manager.rooms[NAMESPACE].items()}
+    assert after == before
+    assert manager.is_connected(sid, NAMESPACE)
