@@ -148,7 +148,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
 
     # Moves and disconnects of a person's sockets happen here at once, then
     # on the other nodes in the order of the channel. A node that was paused
-    # therefore applies them before any event sent after them.
+    # therefore applies them before any event published after them.
 
     async def move_in(self, members: Any, room: Any, namespace: str = "/") -> None:
         await super().move_in(members, room, namespace)

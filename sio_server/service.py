@@ -251,8 +251,8 @@ class ChatService:
 
         Their agents are connected again for matching. Chats that left them
         meanwhile need nothing here: the room changes and `chat_removed`
-        reached this node through Redis, in order, before anything sent to
-        those chats afterwards.
+        reached this node through Redis, in order, before any event that
+        other nodes sent to those chats afterwards.
         """
         for role, agent_id in keys:
             if role == "agent":
