@@ -163,8 +163,11 @@ class ChatService:
         self._sent_positions: dict[str, tuple[int, int, float | None]] = {}
         self._timers: asyncio.Task[None] | None = None
         # Chats whose agent has not written yet, with the time it took them,
-        # for the first-reply histogram.
+        # for the first-reply histogram. In a cluster the agent may write
+        # through another node, so an entry goes at the latest when the chat
+        # ends, whichever node ends it.
         self._awaiting_reply: dict[str, float] = {}
+        self.manager.on_room_closed = self._room_closed
         # Events for sockets whose CONNECT packet has not gone out yet.
         self._after_connect: dict[str, list[tuple[str, Any]]] = {}
         self._availability_cache: tuple[tuple[int, int], float] | None = None
@@ -1420,6 +1423,10 @@ class ChatService:
             for chat in await self.store.end_inactive(cutoff):
                 async with self.people.lock(f"chat:{chat.id}"):
                     await self._announce_end(chat)
+
+    def _room_closed(self, room: Any) -> None:
+        if isinstance(room, str) and room.startswith(CHAT_ROOM_PREFIX):
+            self._awaiting_reply.pop(room.removeprefix(CHAT_ROOM_PREFIX), None)
 
     async def _take_back(self, chat: Chat, agent_id: str, reason: str) -> None:
         """Tell both sides that a requeued chat left its agent."""

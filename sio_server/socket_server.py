@@ -275,6 +275,9 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         self.held_frames: dict[str, list[eio_packet.Packet]] = {}
         # Sockets to disconnect as soon as their connect completes.
         self.cut_off: set[str] = set()
+        # Called with a room's name when it closes here or, in a cluster,
+        # when another node closes it.
+        self.on_room_closed: Callable[[Any], None] | None = None
         # The rooms of each socket, by namespace and sid, in the order entered.
         self._rooms_of: dict[tuple[str, str], dict[Any, None]] = {}
 
@@ -336,6 +339,11 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
                 self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
             else:
                 self.basic_leave_room(sid, namespace, room)
+
+    async def close_room(self, room: Any, namespace: str) -> None:
+        await super().close_room(room, namespace)
+        if self.on_room_closed is not None:
+            self.on_room_closed(room)
 
     def get_rooms(self, sid: str, namespace: str) -> list[Any]:
         rooms = self._rooms_of.get((namespace, sid), {})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import Cluster, ClusterFactory, RedisServer
-from tests.support import ChatClient, Clients, http_json
+from tests.support import ChatClient, Clients, ServerProcess, http_json, scrape_metrics
 
 
 def count_events(client: ChatClient, event: str) -> int:
@@ -789,5 +789,47 @@ async def test_paused_node_agent_misses_moved_chat(
         leaked = [m["text"] for m in alice.drain("message")]
         assert leaked == [], "agent A received a message of a chat it no longer has"
         assert alice.sio.connected
+    finally:
+        await clients.close()
+
+
+async def tracked_entries(server: ServerProcess) -> dict[str, float]:
+    """Return a node's counts of per-chat and per-person entries, by kind."""
+    return {
+        name.split('"')[1]: value
+        for name, value in (await scrape_metrics(server)).items()
+        if name.startswith("chat_tracked_entries")
+    }
+
+
+async def test_reply_entries_cleared_everywhere(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A chat's first-reply entry goes when another node ends the chat.
+
+    Steps: visitors on node 1 join, so node 1 matches each chat to agent A on
+    node 0 and records when. A replies and ends each chat through node 0.
+    Five chats.
+
+    Expected: neither node keeps an `awaiting_reply` entry for any of them.
+    """
+    cluster = await cluster_factory(2)
+    clients = Clients(cluster.nodes[0])
+    try:
+        alice = await clients.at(cluster.nodes[0].url).agent(
+            "alice@example.com", ready=True
+        )
+        for number in range(5):
+            visitor = await clients.at(cluster.nodes[1].url).visitor()
+            chat_id = await join_and_take(visitor, alice)
+            reply = {"chat_id": chat_id, "text": "hi", "client_id": f"a{number}"}
+            assert (await alice.call("message", reply))["ok"]
+            assert (await alice.call("end_chat", {"chat_id": chat_id}))["ok"]
+            await visitor.next("chat_ended", 5)
+            await visitor.disconnect()
+        await asyncio.sleep(1)
+
+        for node in cluster.nodes:
+            assert (await tracked_entries(node))["awaiting_reply"] == 0
     finally:
         await clients.close()
