@@ -149,6 +149,8 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
     # Moves and disconnects of a person's sockets happen here at once, then
     # on the other nodes in the order of the channel. A node that was paused
     # therefore applies them before any event published after them.
+    # NOTE: an emit reaches this node's own sockets at once, so it can overtake
+    # a move that another node published earlier and this node has not read.
 
     async def move_in(self, members: Any, room: Any, namespace: str = "/") -> None:
         await super().move_in(members, room, namespace)
@@ -188,6 +190,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, ChatManager):  # type: ignore
         if not isinstance(members, str):
             logger.warning("ignored a published disconnect of members %r", members)
             return
+        # Only this node's sockets: the other nodes read the same message.
         await ChatManager.disconnect_members(
             self, members, message.get("namespace") or "/"
         )

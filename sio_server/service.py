@@ -1199,8 +1199,8 @@ class ChatService:
 
     async def _announce_end(self, chat: Chat) -> None:
         """Tell the room that a chat ended or was missed, then close the room."""
-        # The caller has the chat lock.
-        self._awaiting_reply.pop(chat.id, None)
+        # The caller has the chat lock. Closing the room below also drops the
+        # chat's first-reply entry, through `_room_closed`.
         if chat.assigned_at is not None and chat.ended_at is not None:
             duration = parse_time(chat.ended_at) - parse_time(chat.assigned_at)
             self.estimator.record_duration(duration.total_seconds())
@@ -1425,6 +1425,7 @@ class ChatService:
                     await self._announce_end(chat)
 
     def _room_closed(self, room: Any) -> None:
+        """Forget the first-reply entry of a chat whose room closed on any node."""
         if isinstance(room, str) and room.startswith(CHAT_ROOM_PREFIX):
             self._awaiting_reply.pop(room.removeprefix(CHAT_ROOM_PREFIX), None)
 

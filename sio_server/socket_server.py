@@ -334,6 +334,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
     def basic_move(
         self, namespace: str, members: Any, room: Any, *, enter: bool
     ) -> None:
+        """Put this node's sockets of room `members` into `room`, or take them out."""
         for sid, eio_sid in list(self.get_participants(namespace, members)):
             if enter:
                 self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
