@@ -6,11 +6,13 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
+import engineio.async_socket
 import engineio.exceptions
 import engineio.payload
 import orjson
@@ -501,13 +503,42 @@ class PacketQueue:
 
 
 class ChatEngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's server with a lighter outgoing queue per socket."""
+    """python-engineio's server with less state per idle socket.
+
+    Each socket's outgoing queue is a `PacketQueue`, and its next PING waits
+    on a timer of the event loop instead of in a Task of its own.
+    """
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         # NOTE: python-engineio 4.x calls this for each socket's outgoing
         # queue and uses put, put_nowait, get, get_nowait, task_done, join
         # and empty on it, as PacketQueue provides.
         return PacketQueue()
+
+    def start_background_task(
+        self, target: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        # NOTE: python-engineio 4.x schedules a socket's next PING by starting
+        # `AsyncSocket._send_ping` here, which sleeps for the ping interval in
+        # a Task: a Task, a coroutine, a future and a timer for every idle
+        # socket. A timer alone does the same.
+        if getattr(target, "__func__", None) is _SEND_PING and not args:
+            asyncio.get_running_loop().call_later(
+                self.ping_interval, _send_ping, target.__self__
+            )
+            return None
+        return super().start_background_task(target, *args, **kwargs)
+
+
+_SEND_PING = engineio.async_socket.AsyncSocket._send_ping
+
+
+def _send_ping(socket: engineio.async_socket.AsyncSocket) -> None:
+    """Queue a PING for `socket`, as python-engineio's `_send_ping` does."""
+    if socket.closing or socket.closed:
+        return
+    socket.last_ping = time.time()
+    socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
 
 
 class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]

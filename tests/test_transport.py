@@ -164,3 +164,85 @@ async def test_websocket_compression_setting(
     else:
         assert extensions is not None
         assert expected in extensions
+
+
+# Heartbeats: the server pings every interval after the client's last PONG, and
+# closes a socket that stays silent for an interval plus the timeout.
+PING_INTERVAL_S = 0.5
+PING_TIMEOUT_S = 0.5
+
+
+def short_pings(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory(
+        CHAT_PING_INTERVAL_S=str(PING_INTERVAL_S),
+        CHAT_PING_TIMEOUT_S=str(PING_TIMEOUT_S),
+    )
+
+
+async def test_answered_pings_keep_websocket_open(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    raw = RawSocket(short_pings(server_factory))
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        pings = 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3
+        while loop.time() < until:
+            try:
+                frame = await raw.ws.receive(timeout=until - loop.time())
+            except TimeoutError:
+                break
+            assert frame.type == aiohttp.WSMsgType.TEXT, frame
+            if frame.data == "2":
+                pings += 1
+                await raw.ws.send_str("3")
+        # One ping per half second over three seconds, less scheduling slack.
+        assert pings >= 4, pings
+        await raw.ws.send_str('421["history", {}]')
+        assert await raw.wait_for("431"), "socket stopped answering"
+    finally:
+        await raw.close()
+
+
+async def test_silent_websocket_is_closed(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    raw = RawSocket(short_pings(server_factory))
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pings = 0
+        while True:
+            frame = await raw.ws.receive(timeout=5)
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                break
+            pings += int(frame.data == "2")
+        closed_after = loop.time() - started
+    finally:
+        await raw.close()
+    # No PONG, so no second PING.
+    assert pings == 1
+    # The first PING goes out after one interval; the socket is closed one
+    # interval plus the timeout after the last frame the client sent.
+    assert closed_after < PING_INTERVAL_S * 2 + PING_TIMEOUT_S + 1.5, closed_after
+
+
+async def test_answered_pings_keep_polling_open(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    clients = Clients(short_pings(server_factory))
+    try:
+        visitor = await clients.visitor(transports=["polling"])
+        sid = visitor.sio.get_sid()
+        await asyncio.sleep(3)
+        # The same session, not one the client reconnected meanwhile.
+        assert visitor.sio.get_sid() == sid
+        assert visitor.sio.transport() == "polling"
+        reply = await visitor.call("join_queue", {})
+        assert reply["chat"]["status"] == "queued", reply
+    finally:
+        await clients.close()

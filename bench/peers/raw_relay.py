@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -32,9 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import uvloop
 from aiohttp import WSMsgType, web
 
 logger = logging.getLogger("raw_relay")
+
+# The chat server's values (sio_server/__main__.py).
+LISTEN_BACKLOG = 4096
+GC_YOUNG_THRESHOLD = 100_000
 
 PING_INTERVAL_S = 25
 PING_TIMEOUT_S = 20
@@ -741,7 +747,12 @@ async def serve(host: str, port: int) -> None:
     app.on_shutdown.append(close_connections)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    # The same listen backlog and collector settings as the chat server, so
+    # that this stays the ceiling of its transport.
+    await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
     print(f"listening on {runner.addresses[0][1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -764,7 +775,8 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(args.host, args.port))
+    # The chat server runs on uvloop as well.
+    uvloop.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":
