@@ -9,7 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import engineio
 import engineio.async_socket
@@ -523,8 +523,9 @@ class ChatEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         # a Task: a Task, a coroutine, a future and a timer for every idle
         # socket. A timer alone does the same.
         if getattr(target, "__func__", None) is _SEND_PING and not args:
+            socket = cast(Any, target).__self__
             asyncio.get_running_loop().call_later(
-                self.ping_interval, _send_ping, target.__self__
+                self.ping_interval, _send_ping, socket
             )
             return None
         return super().start_background_task(target, *args, **kwargs)
