@@ -429,6 +429,19 @@ class ChatService:
             )
         return agent
 
+    async def _mark_connected(self, agent: Agent, token: str) -> Agent:
+        """Record that `agent` is connected, if its token is still valid.
+
+        An offline agent comes back away. A sign-out or password change since
+        `authenticate_agent` raises `Unauthorized` as it would.
+        """
+        updated = await self.store.agent_connected(agent.id, agent.token_version)
+        if updated is None:
+            # Raises with the reason the token is no longer valid.
+            await self.authenticate_agent(token)
+            raise Unauthorized("this agent token is no longer valid: sign in again")
+        return updated
+
     async def admin_ui_login(self, client_auth: Any) -> bool:
         """Check the Admin UI's `{"username", "password"}` against admin accounts."""
         if not isinstance(client_auth, dict):
@@ -469,14 +482,12 @@ class ChatService:
         # A grace expiry that is requeueing this agent's chats finishes first;
         # the agent then comes back away, with no chats.
         async with self.people.lock(f"agent:{agent.id}"):
-            # Checked again now that the socket is in the agent's room: a
-            # sign-out from here on reaches it, and one before it is seen here.
-            agent = await self.authenticate_agent(auth.token)
-            if first:
-                await self.store.set_agent_connected(agent.id, True)
-                self._agents_changed()
-            if agent.status == "offline":
-                agent = await self.store.set_agent_status(agent.id, "away")
+            # The token is checked again in the same write, now that the
+            # socket is in the agent's room: a sign-out from here on reaches
+            # the socket, and one before it is seen here.
+            agent = await self._mark_connected(agent, auth.token)
+            if first and agent.status == "ready":
+                # Only ready agents count as available.
                 self._agents_changed()
             chats = await self.store.active_chats_of_agent(agent.id)
             for chat in chats:

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from sio_server.errors import Forbidden, NotFound, TransferRejected, WrongState
-from sio_server.models import Chat, Sender, Visitor, new_id, utc_now
+from sio_server.models import AgentChanges, Chat, Sender, Visitor, new_id, utc_now
 from sio_server.store import PostgresStore, SQLiteStore, Store, create_store
 from sio_server.store.migrations import load_migrations
 from sio_server.store.postgres import _escape_text, _unescape_text
@@ -678,3 +678,34 @@ def test_text_escape_keeps_order(strings: list[str]) -> None:
     assert all("\x00" not in value for value in escaped)
     assert [_unescape_text(value) for value in escaped] == strings
     assert sorted(escaped, key=lambda v: v.encode()) == escaped
+
+
+async def connected_flags(store: Store) -> dict[str, bool]:
+    return {load.agent.id: load.connected for load in await store.list_agent_loads()}
+
+
+async def test_agent_connected_marks_valid_agents_only(store: Store) -> None:
+    """One write marks the agent connected and offline agents away, if still valid."""
+    agent = await store.create_agent("ann@example.com", "Ann", "hash")
+    assert agent.status == "offline"
+
+    marked = await store.agent_connected(agent.id, agent.token_version)
+    assert marked is not None
+    assert (marked.id, marked.status) == (agent.id, "away")
+    assert (await connected_flags(store))[agent.id] is True
+
+    # A ready agent stays ready when another of its sockets connects.
+    await store.set_agent_status(agent.id, "ready")
+    await store.set_agent_connected(agent.id, False)
+    marked = await store.agent_connected(agent.id, agent.token_version)
+    assert marked is not None and marked.status == "ready"
+    assert await store.available_agents() == (1, marked.max_chats)
+
+    # An outdated token, a disabled agent and an unknown one change nothing.
+    await store.set_agent_connected(agent.id, False)
+    changed = await store.set_password(agent.id, "new hash", None)
+    assert await store.agent_connected(agent.id, agent.token_version) is None
+    await store.update_agent(agent.id, AgentChanges(disabled=True), None)
+    assert await store.agent_connected(agent.id, changed.token_version) is None
+    assert await store.agent_connected("no-such-agent", 0) is None
+    assert (await connected_flags(store))[agent.id] is False

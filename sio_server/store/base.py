@@ -105,6 +105,15 @@ class Store(ABC):
         """Record whether the agent has at least one connected socket."""
 
     @abstractmethod
+    async def agent_connected(self, agent_id: str, token_version: int) -> Agent | None:
+        """Mark an agent connected, and away if it was offline, in one write.
+
+        Only an agent that exists, is not disabled and still has
+        `token_version` is changed. Return it as changed, or `None` when it
+        was not.
+        """
+
+    @abstractmethod
     async def reset_connections(self) -> None:
         """Mark every agent disconnected, as after a start with no sockets yet."""
 

@@ -368,6 +368,18 @@ class PostgresStore(Store):
                 "UPDATE agents SET connected = $1 WHERE id = $2", connected, agent_id
             )
 
+    async def agent_connected(self, agent_id: str, token_version: int) -> Agent | None:
+        async with self._transaction(synced=False) as db:
+            row = await db.fetchrow(
+                "UPDATE agents SET connected = TRUE,"
+                " status = CASE status WHEN 'offline' THEN 'away' ELSE status END"
+                " WHERE id = $1 AND NOT disabled AND token_version = $2"
+                f" RETURNING {_AGENT}",
+                agent_id,
+                token_version,
+            )
+        return _agent(row) if row else None
+
     async def reset_connections(self) -> None:
         # This also clears agents connected to other server processes on the
         # same database, so the service calls it only when no other is up.

@@ -236,6 +236,27 @@ class SQLiteStore(Store):
                 if not synced:
                     await asyncio.shield(db.execute("PRAGMA synchronous = FULL"))
 
+    async def _write_unsynced(
+        self, sql: str, params: Iterable[Any] = ()
+    ) -> list[sqlite3.Row]:
+        """Run one statement as its own transaction without fsync; return its rows.
+
+        The same as one statement in `_transaction(synced=False)`, in one
+        call on aiosqlite's thread instead of five. Agents' connection flags
+        change on every connect and disconnect of an agent socket.
+        """
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        db = self._writer
+        async with self._write_lock:
+            # NOTE: aiosqlite 0.22 internals, as in `_insert_messages`. The
+            # function runs to its end on the thread even if this task is
+            # cancelled, and the thread runs the next writer's work after it.
+            rows: list[sqlite3.Row] = await db._execute(  # type: ignore[no-untyped-call]
+                _run_unsynced, db._conn, sql, tuple(params)
+            )
+        return rows
+
     async def _read_all(
         self, sql: str, params: Iterable[Any] = ()
     ) -> list[sqlite3.Row]:
@@ -392,11 +413,13 @@ class SQLiteStore(Store):
         return [_agent_load(row) for row in rows]
 
     async def set_agent_connected(self, agent_id: str, connected: bool) -> None:
-        async with self._transaction(synced=False) as db:
-            await db.execute(
-                "UPDATE agents SET connected = ? WHERE id = ?",
-                (int(connected), agent_id),
-            )
+        await self._write_unsynced(
+            "UPDATE agents SET connected = ? WHERE id = ?", (int(connected), agent_id)
+        )
+
+    async def agent_connected(self, agent_id: str, token_version: int) -> Agent | None:
+        rows = await self._write_unsynced(_AGENT_CONNECTED, (agent_id, token_version))
+        return _agent(rows[0]) if rows else None
 
     async def reset_connections(self) -> None:
         async with self._transaction(synced=False) as db:
@@ -1148,10 +1171,34 @@ def _insert_batch(
     return results
 
 
+def _run_unsynced(
+    connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]
+) -> list[sqlite3.Row]:
+    """Run `sql` in a transaction committed without fsync, on the writer thread."""
+    connection.execute("PRAGMA synchronous = NORMAL")
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            rows = connection.execute(sql, params).fetchall()
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    finally:
+        connection.execute("PRAGMA synchronous = FULL")
+    return rows
+
+
 # Messages committed together at most; a bound keeps one slow batch short.
 MESSAGE_BATCH = 256
 
 _AGENT_SELECT = f"SELECT {', '.join(AGENT_FIELDS)} FROM agents"
+_AGENT_CONNECTED = (
+    "UPDATE agents SET connected = 1,"
+    " status = CASE status WHEN 'offline' THEN 'away' ELSE status END"
+    " WHERE id = ? AND NOT disabled AND token_version = ?"
+    f" RETURNING {', '.join(AGENT_FIELDS)}"
+)
 _AGENT_LOAD_SELECT = (
     f"SELECT {', '.join(AGENT_FIELDS)}, connected,"
     " (SELECT COUNT(*) FROM chats c WHERE c.agent_id = agents.id"
