@@ -709,3 +709,32 @@ async def test_agent_connected_marks_valid_agents_only(store: Store) -> None:
     assert await store.agent_connected(agent.id, changed.token_version) is None
     assert await store.agent_connected("no-such-agent", 0) is None
     assert (await connected_flags(store))[agent.id] is False
+
+
+async def test_sqlite_locked_lookup_moves_to_reader_thread(tmp_path: Path) -> None:
+    """A lookup by key that finds its file locked is run on the reader thread.
+
+    WAL readers meet a lock only in rare moments, such as recovery after a
+    crash, so the test points the loop-thread reader at a second file that a
+    rollback-journal transaction holds locked.
+    """
+    store = SQLiteStore(tmp_path / "chat.sqlite3")
+    await store.open()
+    locked_path = tmp_path / "locked.sqlite3"
+    holder = sqlite3.connect(locked_path, isolation_level=None)
+    try:
+        agent = await store.create_agent("ann@example.com", "Ann", "hash")
+        holder.execute("CREATE TABLE agents (id TEXT)")
+        holder.execute("BEGIN EXCLUSIVE")
+        assert store._key_reader is not None
+        store._key_reader.close()
+        store._key_reader = sqlite3.connect(locked_path, isolation_level=None)
+        store._key_reader.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store._key_reader.execute("SELECT 1 FROM agents").fetchall()
+
+        found = await store.get_agent(agent.id)
+        assert found is not None and found.name == "Ann"
+    finally:
+        holder.close()
+        await store.close()
