@@ -109,7 +109,7 @@ QUICK = Profile(
 )
 
 
-FULL_TARGETS = ("ours", "node", "raw", "ours1", "ours2", "ours3")
+FULL_TARGETS = ("ours", "node", "raw", "sio", "engine", "ours1", "ours2", "ours3")
 QUICK_TARGETS = ("ours", "node", "raw", "ours2")
 
 
@@ -384,8 +384,10 @@ def bench_storm(run: Run, target: Target) -> None:
 
 
 def runs_workload(run: Run, target: Target, workload: str) -> bool:
-    """Return whether `target` runs `workload`: clusters run only some."""
+    """Return whether `target` runs `workload`: clusters and peers run only some."""
     if workload not in run.workloads:
+        return False
+    if target.workloads is not None and workload not in target.workloads:
         return False
     return not isinstance(target, Cluster) or workload in run.profile.cluster_workloads
 
@@ -400,7 +402,7 @@ def runnable(run: Run, targets: list[Target]) -> list[Target]:
             print(f"  {target.name:5} skipped: {reason}", file=sys.stderr)
             run.targets[target.name]["skipped"] = reason
             continue
-        if isinstance(target, Cluster):
+        if isinstance(target, Cluster) or target.workloads is not None:
             run.targets[target.name]["workloads"] = [
                 workload
                 for workload in sorted(WORKLOADS)
@@ -728,10 +730,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--targets",
-        help="comma-separated: ours, node, raw, and ours1, ours2 and ours3 (our"
-        " server as a cluster of 1, 2 or 3 processes that share PostgreSQL and"
-        " Redis; skipped when those are unreachable). Default: all of them,"
-        " except ours1 and ours3 with --quick",
+        help="comma-separated: ours, node, raw; sio and engine (python-socketio"
+        " as shipped, and the chat server's Socket.IO layer, both with no chat"
+        " service; idle only); and ours1, ours2 and ours3 (our server as a"
+        " cluster of 1, 2 or 3 processes that share PostgreSQL and Redis;"
+        " skipped when those are unreachable). Default: all of them, except"
+        " sio, engine, ours1 and ours3 with --quick",
     )
     parser.add_argument(
         "--out", default=str(RESULTS), help="folder for results.json and latency.png"

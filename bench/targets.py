@@ -86,6 +86,8 @@ class Target:
     label = ""
     # Server processes, each listening on its own port.
     nodes = 1
+    # The workloads this target can run; None for all of them.
+    workloads: tuple[str, ...] | None = None
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -433,10 +435,41 @@ class RawRelay(Target):
         ]
 
 
+class SocketIOIdle(Target):
+    """python-socketio's layers answering connects, with no chat service."""
+
+    server = ""
+    workloads = ("idle",)
+
+    def command(self, node: int) -> list[str]:
+        return [
+            PYTHON,
+            str(BENCH / "peers" / "sio_idle.py"),
+            "--server",
+            self.server,
+            "--port",
+            str(self.ports[node]),
+        ]
+
+
+class StockSocketIO(SocketIOIdle):
+    name = "sio"
+    label = "python-socketio as shipped, no chat service (idle only)"
+    server = "stock"
+
+
+class ChatEngine(SocketIOIdle):
+    name = "engine"
+    label = "the chat server's Socket.IO layer, no chat service (idle only)"
+    server = "chat"
+
+
 TARGET_CLASSES: dict[str, type[Target]] = {
     "ours": Ours,
     "node": NodePeer,
     "raw": RawRelay,
+    "sio": StockSocketIO,
+    "engine": ChatEngine,
     "ours1": OneNode,
     "ours2": TwoNodes,
     "ours3": ThreeNodes,
