@@ -698,7 +698,8 @@ async def test_agent_connected_marks_valid_agents_only(store: Store) -> None:
     await store.set_agent_status(agent.id, "ready")
     await store.set_agent_connected(agent.id, False)
     marked = await store.agent_connected(agent.id, agent.token_version)
-    assert marked is not None and marked.status == "ready"
+    assert marked is not None
+    assert marked.status == "ready"
     assert await store.available_agents() == (1, marked.max_chats)
 
     # An outdated token, a disabled agent and an unknown one change nothing.
@@ -734,7 +735,8 @@ async def test_sqlite_locked_lookup_moves_to_reader_thread(tmp_path: Path) -> No
             store._key_reader.execute("SELECT 1 FROM agents").fetchall()
 
         found = await store.get_agent(agent.id)
-        assert found is not None and found.name == "Ann"
+        assert found is not None
+        assert found.name == "Ann"
     finally:
         holder.close()
         await store.close()
