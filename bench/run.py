@@ -677,6 +677,9 @@ def chart(run: Run, names: list[str], path: Path) -> None:
     # One colour per target, so that its p50 and p99 lines read as a pair.
     for index, name in enumerate(names):
         steps = open_loop_steps(run.results.get(name, {}).get("relay_open", {}))
+        if not steps:
+            # The target did not run the open loop.
+            continue
         rates = [step["rate"] for step in steps]
         for quantile, style in (("p50", "--"), ("p99", "-")):
             values = [(step.get("latency_ms") or {}).get(quantile) for step in steps]
