@@ -436,7 +436,7 @@ class RawRelay(Target):
 
 
 class SocketIOIdle(Target):
-    """python-socketio's layers answering connects, with no chat service."""
+    """python-socketio's layers accepting connects, with no chat service."""
 
     server = ""
     workloads = ("idle",)

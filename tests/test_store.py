@@ -717,7 +717,7 @@ async def test_sqlite_locked_lookup_moves_to_reader_thread(tmp_path: Path) -> No
 
     WAL readers meet a lock only in rare moments, such as recovery after a
     crash, so the test points the loop-thread reader at a second file that a
-    rollback-journal transaction holds locked.
+    rollback-journal transaction keeps locked.
     """
     store = SQLiteStore(tmp_path / "chat.sqlite3")
     await store.open()

@@ -226,7 +226,7 @@ async def test_silent_websocket_is_closed(
         await raw.close()
     # No PONG, so no second PING.
     assert pings == 1
-    # The first PING goes out after one interval; the socket is closed one
+    # The first PING goes out after one interval. The socket is closed one
     # interval plus the timeout after the last frame the client sent.
     assert closed_after < PING_INTERVAL_S * 2 + PING_TIMEOUT_S + 1.5, closed_after
 

@@ -2,7 +2,7 @@
 
 `--server stock` runs python-socketio's own `AsyncServer` with its defaults.
 `--server chat` runs the chat server's `ChatSocketServer`, with its changes to
-python-engineio and python-socketio, but none of the chat service. Both answer
+python-engineio and python-socketio, but none of the chat service. Both reply to
 every connect with a `session` event and keep nothing else. Side by side with
 the raw aiohttp relay and the chat server, they show what each layer costs per
 connection.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sio_server.__main__ import GC_YOUNG_THRESHOLD, LISTEN_BACKLOG
 from sio_server.socket_server import ChatSocketServer
 
-# What the load generator needs from a `session`: a visitor keeps its token.
+# The `session` fields that the load generator reads: a visitor keeps its token.
 SESSION = {"role": "visitor", "visitor_id": "v", "token": "t", "chat": None}
 
 

@@ -248,7 +248,7 @@ class SQLiteStore(Store):
     async def _write_unsynced(
         self, sql: str, params: Iterable[Any] = ()
     ) -> list[sqlite3.Row]:
-        """Run one statement as its own transaction without fsync; return its rows.
+        """Run one statement as its own transaction without fsync, and return its rows.
 
         The same as one statement in `_transaction(synced=False)`, in one
         call on aiosqlite's thread instead of five. Agents' connection flags
@@ -277,7 +277,7 @@ class SQLiteStore(Store):
     async def _read_key(
         self, sql: str, params: Iterable[Any] = ()
     ) -> list[sqlite3.Row]:
-        """Run a lookup by key, which an index answers at once, on the loop thread.
+        """Run a lookup by key, which an index resolves at once, on the loop thread.
 
         Each hand-over to an aiosqlite thread and back costs tens of
         microseconds of switching between threads, far more than such a
