@@ -73,6 +73,10 @@ class Profile:
 
 # An open-loop step with a p99 over this ends the rate ladder of its target.
 OPEN_STOP_P99_MS = 1000
+# A wait longer than this shows as a stall in a step's p99. It is one of the
+# bounds of the server's wait histograms.
+STALL_S = 0.025
+STALL_KEY = f"over_{STALL_S * 1000:g}_ms"
 
 FULL = Profile(
     idle_counts=[1000, 5000, 10000],
@@ -146,7 +150,13 @@ def summarize(result: Any) -> str:
     if "latency_ms" in result:
         lat = result["latency_ms"]
         parts.append(f"p50={lat.get('p50')} p99={lat.get('p99')}")
-    return " ".join(parts)
+    lines = [" ".join(parts)]
+    for step in result.get("steps") or []:
+        line = f"    {step['rate']:>6} msg/s: p99={step['latency_ms'].get('p99')} ms"
+        for key, wait in (step.get("server_waits") or {}).items():
+            line += f"; {key} {STALL_KEY}: {wait[STALL_KEY]} of {wait['count']}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def run_loadgen(
@@ -314,10 +324,14 @@ def bench_relay(
     target.start()
     windows: list[dict[str, float]] = []
     window_start: dict[str, float] = {}
+    waits: list[dict[str, Any]] = []
+    waits_start: dict[str, dict[str, float]] = {}
 
     def begin() -> None:
         window_start.clear()
         window_start.update(target.cpu_sample())
+        waits_start.clear()
+        waits_start.update(target.wait_counts())
 
     def end() -> None:
         sample = target.cpu_sample()
@@ -328,6 +342,7 @@ def bench_relay(
                 if part in window_start
             }
         )
+        waits.append(wait_summary(waits_start, target.wait_counts()))
 
     try:
         result = run_loadgen(
@@ -342,8 +357,12 @@ def bench_relay(
         if workload == "relay-closed" and windows:
             add_cpu(result, windows[0], result.get("messages"))
         elif workload == "relay-open":
-            for step, window in zip(open_loop_steps(result), windows, strict=False):
+            for step, window, wait in zip(
+                open_loop_steps(result), windows, waits, strict=False
+            ):
                 add_cpu(step, window, step.get("received"))
+                if wait:
+                    step["server_waits"] = wait
         return result
     finally:
         target.stop()
@@ -356,6 +375,38 @@ def add_cpu(result: dict[str, Any], window: dict[str, float], messages: Any) -> 
         result["cpu_us_per_message"] = {
             part: round(seconds / messages * 1e6, 1) for part, seconds in window.items()
         }
+
+
+def wait_summary(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Summarize the samples that each wait histogram gained between two scrapes.
+
+    For each: the count, the bound under which 99 % of them fell (None when
+    it is above the last bound), and how many took longer than STALL_S.
+    """
+    summary: dict[str, Any] = {}
+    for key, counts in after.items():
+        gained = {
+            bound: count - before.get(key, {}).get(bound, 0)
+            for bound, count in counts.items()
+        }
+        total = gained.get("+Inf", 0)
+        bounds = sorted(
+            (float(bound), count) for bound, count in gained.items() if bound != "+Inf"
+        )
+        under_stall = max(
+            (count for bound, count in bounds if bound <= STALL_S), default=0
+        )
+        p99_bound = next(
+            (bound for bound, count in bounds if count >= 0.99 * total), None
+        )
+        summary[key] = {
+            "count": int(total),
+            "p99_under_ms": None if p99_bound is None else round(p99_bound * 1000, 1),
+            STALL_KEY: int(total - under_stall),
+        }
+    return summary
 
 
 def bench_storm(run: Run, target: Target) -> None:

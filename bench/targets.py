@@ -12,10 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -24,6 +26,12 @@ PYTHON = sys.executable
 # creates its own database and its own prefix for Redis keys.
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# Histograms of our server that tell where a slow message waited: for its
+# commit, or for the event loop.
+WAIT_HISTOGRAMS = {
+    "chat_message_write_seconds": "message_write",
+    "chat_event_loop_lag_seconds": "loop_lag",
+}
 
 # sio_server is imported from this checkout by the functions that need it.
 sys.path.insert(0, str(ROOT))
@@ -176,6 +184,13 @@ class Target:
         """Return CPU seconds used so far, by part: "server" sums the nodes."""
         return {"server": sum(cpu_seconds(pid) for pid in self.pids)}
 
+    def wait_counts(self) -> dict[str, dict[str, float]]:
+        """Return the server's wait histograms, as cumulative counts by bound.
+
+        Empty for the peers, which keep no such figures.
+        """
+        return {}
+
 
 class Ours(Target):
     name = "ours"
@@ -207,6 +222,23 @@ class Ours(Target):
             CHAT_MAX_QUEUE="100000",
         )
         return env
+
+    def wait_counts(self) -> dict[str, dict[str, float]]:
+        counts: dict[str, dict[str, float]] = {}
+        for port in self.ports:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                key = WAIT_HISTOGRAMS.get(family.name)
+                if key is None:
+                    continue
+                buckets = counts.setdefault(key, {})
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        bound = sample.labels["le"]
+                        buckets[bound] = buckets.get(bound, 0) + sample.value
+        return counts
 
     def prepare(self, agents: int) -> list[str]:
         from sio_server.config import Settings, ensure_secret_key

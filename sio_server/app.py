@@ -20,7 +20,7 @@ from .http import (
     error_middleware,
     origin_middleware,
 )
-from .metrics import Metrics
+from .metrics import LoopLagMonitor, Metrics
 from .origins import OriginPolicy
 from .pages import add_page_routes
 from .service import ChatService
@@ -98,7 +98,10 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         await service.start()
+        loop_lag = LoopLagMonitor(metrics.loop_lag)
+        loop_lag.start()
         yield
+        loop_lag.stop()
         # Handlers still running when the connections dropped finish before
         # the store closes.
         await service.drain(timeout_s=settings.shutdown_timeout_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -14,6 +16,11 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from .service import ChatService
+
+# Waits that a person in a chat could notice, from a few milliseconds up.
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# How often the event loop's lag is sampled.
+LOOP_LAG_INTERVAL_S = 0.1
 
 
 class Metrics:
@@ -66,6 +73,20 @@ class Metrics:
             buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
             registry=self.registry,
         )
+        self.message_write = Histogram(
+            "chat_message_write_seconds",
+            "Time to store a message sent into a chat, before it is relayed:"
+            " the wait for its commit to reach the disk included.",
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "chat_event_loop_lag_seconds",
+            "How late a timer fires on the event loop, sampled every"
+            f" {LOOP_LAG_INTERVAL_S:g} s: time when no socket is served.",
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
         self._chats = Gauge(
             "chat_chats",
             "Chats in the store, by status.",
@@ -113,3 +134,33 @@ class Metrics:
         self._queued.set(summary["queued"])
         self._oldest.set(summary["oldest_wait_s"] or 0)
         return self.registry
+
+
+class LoopLagMonitor:
+    """Sample how late a timer fires on the running loop, into a histogram.
+
+    A timer fires late by the time that the loop spent in other callbacks
+    since it was due, so large samples mean that every socket waited that
+    long, whatever it was waiting for.
+    """
+
+    def __init__(self, histogram: Histogram, interval_s: float = LOOP_LAG_INTERVAL_S):
+        self._histogram = histogram
+        self._interval_s = interval_s
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._schedule(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = time.perf_counter() + self._interval_s
+        self._handle = loop.call_later(self._interval_s, self._fire, loop, due)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self._histogram.observe(max(0.0, time.perf_counter() - due))
+        self._schedule(loop)

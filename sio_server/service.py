@@ -1120,9 +1120,11 @@ class ChatService:
         async with self.people.lock(f"chat:{chat_id}"):
             # The store checks that the sender belongs to the chat.
             sender = Sender(side_of(connection), connection.person_id, connection.name)
+            started = time.perf_counter()
             message, created = await self.store.add_message(
                 chat_id, sender, text, client_id
             )
+            self.metrics.message_write.observe(time.perf_counter() - started)
             if created:
                 self.metrics.messages.labels(connection.role).inc()
                 taken_at = None

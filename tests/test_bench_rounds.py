@@ -1,4 +1,4 @@
-"""The benchmark's merge of open-loop rounds into median steps."""
+"""The benchmark's merge of open-loop rounds, and its summary of server waits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from run import median_steps
+from run import median_steps, wait_summary
 
 
 def ladder(*p99s: float, ok: bool = True) -> dict[str, Any]:
@@ -42,3 +42,20 @@ def test_median_steps_keeps_failures() -> None:
     merged = median_steps([ladder(3.0), ladder(4.0, ok=False), ladder(5.0)])
     assert merged["ok"] is False
     assert merged["errors"] == ["lost"]
+
+
+def test_wait_summary_counts_what_a_step_added() -> None:
+    before = {"loop_lag": {"0.01": 90, "0.025": 95, "0.05": 100, "+Inf": 100}}
+    # The step added 200 samples: 150 up to 10 ms, 40 more up to 25 ms, and
+    # 10 between 25 and 50 ms.
+    after = {"loop_lag": {"0.01": 240, "0.025": 285, "0.05": 300, "+Inf": 300}}
+    assert wait_summary(before, after) == {
+        "loop_lag": {"count": 200, "p99_under_ms": 50.0, "over_25_ms": 10}
+    }
+
+
+def test_wait_summary_above_the_last_bound() -> None:
+    after = {"message_write": {"0.01": 5, "0.025": 5, "+Inf": 100}}
+    assert wait_summary({}, after) == {
+        "message_write": {"count": 100, "p99_under_ms": None, "over_25_ms": 95}
+    }

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from prometheus_client import Histogram
+
+from sio_server.metrics import WAIT_BUCKETS, LoopLagMonitor
 
 from tests.support import (
     ChatClient,
@@ -45,6 +49,37 @@ async def test_metrics_follow_a_chat(server: ServerProcess, clients: Clients) ->
     assert after['chat_messages_total{role="visitor"}'] == 1
     assert after['chat_event_errors_total{code="forbidden"}'] == 1
     assert after['chat_lifecycle_total{transition="ended"}'] == 1
+    # The two messages sent into the open chat are timed (the first one was
+    # stored with the chat), and the loop's lag is sampled all along.
+    assert after["chat_message_write_seconds_count"] == 2
+    assert after["chat_event_loop_lag_seconds_count"] > 0
+
+
+def cumulative_buckets(histogram: Histogram) -> dict[str, float]:
+    """Return the histogram's cumulative count by upper bound, "+Inf" last."""
+    return {
+        sample.labels["le"]: sample.value
+        for sample in histogram.collect()[0].samples
+        if sample.name.endswith("_bucket")
+    }
+
+
+async def test_loop_lag_records_a_blocked_loop() -> None:
+    lag = Histogram("lag_seconds", "", buckets=WAIT_BUCKETS, registry=None)
+    monitor = LoopLagMonitor(lag, interval_s=0.01)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    # A callback that blocks the loop for 80 ms delays the next sample by
+    # about that much.
+    time.sleep(0.08)
+    await asyncio.sleep(0.05)
+    monitor.stop()
+    counts = cumulative_buckets(lag)
+    assert counts["0.05"] < counts["+Inf"], counts
+    assert counts["0.1"] == counts["+Inf"], counts
+
+    await asyncio.sleep(0.05)
+    assert cumulative_buckets(lag)["+Inf"] == counts["+Inf"], "sampled after stop"
 
 
 async def test_readyz(server: ServerProcess) -> None:
