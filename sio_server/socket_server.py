@@ -84,6 +84,9 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         self.compress = compress
         self._transport: asyncio.Transport | None = None
         self._sid = ""
+        self._queue: PacketQueue | None = None
+        self._direct: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
@@ -149,7 +152,16 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
 
     async def _serve(self, socket: Any) -> None:
         """Pass frames to the socket until either side closes, then close it."""
-        writer = asyncio.create_task(self._write(socket))
+        queue = socket.queue
+        self._queue = queue
+        # A compressed frame may wait for aiohttp's compressor, so those all
+        # go through the queue.
+        self._direct = None if self.compress else self._send_now
+        queue.send_now = self._direct
+        queue.on_put = self._start_writer
+        if not queue.empty():
+            # Packets queued while the socket polled or upgraded.
+            self._start_writer()
         deadline_s = self.server.ping_interval + self.server.ping_timeout
         while True:
             try:
@@ -169,54 +181,53 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
                 break
             except Exception:
                 logger.exception("sid=%s failed to handle a packet", socket.sid)
-        await socket.queue.put(None)
-        await writer
+        # The end mark starts a writer if none runs, and it closes the
+        # WebSocket once the packets before the mark are out.
+        await queue.put(None)
+        if self._writer is not None:
+            await self._writer
         await socket.close(
             wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE
         )
 
-    async def _write(self, socket: Any) -> None:
-        """Send packets as they are queued, until the queue yields `None`.
+    def _start_writer(self) -> None:
+        """Start `_write` for packets that were queued, unless it runs already."""
+        queue = self._queue
+        if self._writer is None and queue is not None:
+            queue.send_now = None
+            self._writer = asyncio.create_task(self._write(queue))
 
-        While this task waits on an empty queue, the queue passes each packet
-        to `_send_now`, which writes it from the sending task and wakes no
-        task. Packets that arrive while others wait or go out here are queued
-        behind them, so the order is kept.
+    async def _write(self, queue: PacketQueue) -> None:
+        """Send queued packets in order, until the queue is empty or yields `None`.
+
+        A PING is always queued, and another packet only when it cannot go
+        out at once: the client is behind on reading, or other packets wait
+        before it. So this task runs only while the queue has packets, and an
+        idle socket has none between PINGs. Until
+        it ends, packets put on the queue wait their turn behind the others.
 
         Unlike python-engineio's loop, this one has no idle deadline. The
         server pings every socket, and the reader's deadline ends a silent
-        one, which ends this loop too.
+        one, which ends its `_serve` too.
         """
-        queue = socket.queue
-        # A compressed frame may wait for aiohttp's compressor, so those all
-        # go through the queue.
-        send_now = None if self.compress else self._send_now
-        while True:
-            if queue.empty():
-                queue.send_now = send_now
-            try:
-                first = await queue.get()
-            except asyncio.CancelledError:
-                break
-            finally:
-                queue.send_now = None
-            queue.task_done()
-            if first is None:
-                break
-            packets = [first]
+        try:
             while not queue.empty():
                 item = queue.get_nowait()
                 queue.task_done()
                 if item is None:
-                    # The end mark stays queued for the next round.
-                    queue.put_nowait(None)
                     break
-                packets.append(item)
-            try:
-                for item in packets:
-                    await self.send(item.encode())
-            except Exception:
-                break
+                await self.send(item.encode())
+            else:
+                # Everything is out, so the next packet can go out at once.
+                queue.send_now = self._direct
+                return
+        except Exception as exc:
+            logger.info("sid=%s websocket write failed: %r", self._sid, exc)
+        finally:
+            self._writer = None
+        # The end mark or a failed write: nothing more goes out.
+        queue.on_put = None
+        queue.send_now = None
         await self.close()
 
     async def _send_now(self, pkt: eio_packet.Packet, queue: PacketQueue) -> None:
@@ -237,7 +248,8 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             await self.send(pkt.encode())
         except Exception as exc:
             logger.info("sid=%s websocket write failed: %r", self._sid, exc)
-            # A failed write ends the writer, as a failed write in `_write` does.
+            # The end mark closes the WebSocket, as a failed write in `_write`
+            # does.
             queue.send_now = None
             queue.put_nowait(None)
 
@@ -416,12 +428,15 @@ class PacketQueue:
     This one keeps its item and waiter lists only while they are not empty.
     """
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "send_now")
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "on_put", "send_now")
 
     def __init__(self) -> None:
-        # The WebSocket writer's `_send_now`, set while the writer waits. `put`
-        # passes a packet to it instead of queueing when nothing else waits.
+        # The WebSocket's `_send_now`, set while no packet waits to go out.
+        # `put` passes a packet to it instead of queueing.
         self.send_now: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
+        # Called when a packet is queued and no task waits in `get`: the
+        # WebSocket starts its writer then.
+        self.on_put: Callable[[], None] | None = None
         self._items: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
@@ -438,7 +453,10 @@ class PacketQueue:
             self._items = deque()
         self._items.append(item)
         self._unfinished += 1
-        self._wake_getter()
+        if self._getters:
+            self._wake_getter()
+        elif self.on_put is not None:
+            self.on_put()
 
     async def put(self, item: Any) -> None:
         send_now = self.send_now

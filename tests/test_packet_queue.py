@@ -94,3 +94,21 @@ async def test_put_sends_now_past_empty_queue() -> None:
     await queue.put(None)
     assert sent == ["first"]
     assert queue.get_nowait() is None
+
+
+async def test_put_calls_on_put_without_getter() -> None:
+    queue = PacketQueue()
+    calls: list[int] = []
+    queue.on_put = lambda: calls.append(queue.qsize())
+    queue.put_nowait("a")
+    await queue.put("b")
+    assert calls == [1, 2]
+
+    # A task waiting in get takes the item, and on_put is not called.
+    queue.get_nowait()
+    queue.get_nowait()
+    getter = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("c")
+    assert await getter == "c"
+    assert calls == [1, 2]
