@@ -386,6 +386,9 @@ def wait_summary(
     it is above the last bound), and how many took longer than STALL_S.
     """
     summary: dict[str, Any] = {}
+    if not before:
+        # The scrape at the start failed, so the counts since then are unknown.
+        return summary
     for key, counts in after.items():
         gained = {
             bound: count - before.get(key, {}).get(bound, 0)

@@ -55,7 +55,15 @@ def test_wait_summary_counts_what_a_step_added() -> None:
 
 
 def test_wait_summary_above_the_last_bound() -> None:
+    before = {"message_write": {"0.01": 0, "0.025": 0, "+Inf": 0}}
     after = {"message_write": {"0.01": 5, "0.025": 5, "+Inf": 100}}
-    assert wait_summary({}, after) == {
+    assert wait_summary(before, after) == {
         "message_write": {"count": 100, "p99_under_ms": None, "over_25_ms": 95}
     }
+
+
+def test_wait_summary_after_failed_scrape() -> None:
+    # A failed scrape gives no counts: the step has no figures, not zeros.
+    after = {"loop_lag": {"0.025": 5, "+Inf": 5}}
+    assert wait_summary({}, after) == {}
+    assert wait_summary(after, {}) == {}

@@ -13,7 +13,6 @@ import aiohttp
 from prometheus_client import Histogram
 
 from sio_server.metrics import WAIT_BUCKETS, LoopLagMonitor
-
 from tests.support import (
     ChatClient,
     Clients,
@@ -71,8 +70,8 @@ async def test_loop_lag_records_a_blocked_loop() -> None:
     await asyncio.sleep(0.05)
     # A callback that blocks the loop for 80 ms delays the next sample by
     # about that much.
-    time.sleep(0.08)
-    await asyncio.sleep(0.05)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.08)
+    await asyncio.sleep(0.15)
     monitor.stop()
     counts = cumulative_buckets(lag)
     assert counts["0.05"] < counts["+Inf"], counts
