@@ -157,10 +157,11 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         # A compressed frame may wait for aiohttp's compressor, so those all
         # go through the queue.
         self._direct = None if self.compress else self._send_now
+        await self._send_queued(queue)
         queue.send_now = self._direct
         queue.on_put = self._start_writer
         if not queue.empty():
-            # Packets queued while the socket polled or upgraded.
+            # The end mark, or packets left by a failed write.
             self._start_writer()
         deadline_s = self.server.ping_interval + self.server.ping_timeout
         while True:
@@ -189,6 +190,28 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         await socket.close(
             wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE
         )
+
+    async def _send_queued(self, queue: PacketQueue) -> None:
+        """Send the packets queued before the WebSocket was served, in order.
+
+        A new socket has its OPEN packet there, and one that polled first may
+        have more. Sending them from here saves starting the writer task for
+        every new socket. Packets put meanwhile are queued behind them, and
+        an end mark or a failed write leaves the rest queued.
+        """
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is None:
+                queue.put_nowait(None)
+                queue.task_done()
+                return
+            queue.task_done()
+            try:
+                await self.send(item.encode())
+            except Exception as exc:
+                logger.info("sid=%s websocket write failed: %r", self._sid, exc)
+                queue.put_nowait(None)
+                return
 
     def _start_writer(self) -> None:
         """Start `_write` for packets that were queued, unless it runs already."""
