@@ -228,13 +228,17 @@ class Ours(Target):
         counts: dict[str, dict[str, float]] = {}
         for port in self.ports:
             url = f"http://127.0.0.1:{port}/metrics"
-            # An overloaded server answers late, and the generator's next
-            # step does not wait for this scrape: such a step has no figures.
+            # An overloaded server responds late, and the generator's next
+            # step does not wait for this scrape, so such a step has no figures.
             try:
                 with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
                     text = response.read().decode()
             except OSError as exc:
-                print(f"  {self.name}: no wait figures: {url}: {exc}", file=sys.stderr)
+                print(
+                    f"  {self.name}: metrics scrape failed: {url}: {exc};"
+                    " this step has no wait figures",
+                    file=sys.stderr,
+                )
                 return {}
             for family in text_string_to_metric_families(text):
                 key = WAIT_HISTOGRAMS.get(family.name)

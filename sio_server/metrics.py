@@ -137,7 +137,7 @@ class Metrics:
 
 
 class LoopLagMonitor:
-    """Sample how late a timer fires on the running loop, into a histogram.
+    """A sampler of how late a timer fires on the running loop, into a histogram.
 
     A timer fires late by the time that the loop spent in other callbacks
     since it was due, so large samples mean that every socket waited that

@@ -86,7 +86,7 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         self._sid = ""
         self._queue: PacketQueue | None = None
         self._direct: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[bool] | None = None
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
@@ -157,31 +157,11 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         # A compressed frame may wait for aiohttp's compressor, so those all
         # go through the queue.
         self._direct = None if self.compress else self._send_now
-        await self._send_queued(queue)
-        queue.send_now = self._direct
-        queue.on_put = self._start_writer
-        if not queue.empty():
-            # The end mark, or packets left by a failed write.
-            self._start_writer()
-        deadline_s = self.server.ping_interval + self.server.ping_timeout
-        while True:
-            try:
-                async with asyncio.timeout(deadline_s):
-                    data = await self._read()
-            except (OSError, ValueError, TimeoutError, asyncio.CancelledError):
-                # A cancelled read ends the loop like a closed one, as in
-                # python-engineio, so that the socket is still closed below.
-                break
-            if data is None:
-                break
-            try:
-                await socket.receive(eio_packet.Packet(encoded_packet=data))
-            except engineio.exceptions.UnknownPacketError:
-                pass
-            except engineio.exceptions.SocketIsClosedError:
-                break
-            except Exception:
-                logger.exception("sid=%s failed to handle a packet", socket.sid)
+        # Packets queued before the WebSocket was served, such as a new
+        # socket's OPEN, go out from here, which saves a writer task.
+        if await self._write(queue):
+            queue.on_put = self._start_writer
+            await self._receive(socket)
         # The end mark starts a writer if none runs, and it closes the
         # WebSocket once the packets before the mark are out.
         await queue.put(None)
@@ -191,27 +171,27 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE
         )
 
-    async def _send_queued(self, queue: PacketQueue) -> None:
-        """Send the packets queued before the WebSocket was served, in order.
-
-        A new socket has its OPEN packet there, and one that polled first may
-        have more. Sending them from here saves starting the writer task for
-        every new socket. Packets put meanwhile are queued behind them, and
-        an end mark or a failed write leaves the rest queued.
-        """
-        while not queue.empty():
-            item = queue.get_nowait()
-            if item is None:
-                queue.put_nowait(None)
-                queue.task_done()
-                return
-            queue.task_done()
+    async def _receive(self, socket: Any) -> None:
+        """Pass frames to the socket until the client closes or falls silent."""
+        deadline_s = self.server.ping_interval + self.server.ping_timeout
+        while True:
             try:
-                await self.send(item.encode())
-            except Exception as exc:
-                logger.info("sid=%s websocket write failed: %r", self._sid, exc)
-                queue.put_nowait(None)
+                async with asyncio.timeout(deadline_s):
+                    data = await self._read()
+            except (OSError, ValueError, TimeoutError, asyncio.CancelledError):
+                # A cancelled read ends the loop like a closed one, as in
+                # python-engineio, so that the socket is still closed after.
                 return
+            if data is None:
+                return
+            try:
+                await socket.receive(eio_packet.Packet(encoded_packet=data))
+            except engineio.exceptions.UnknownPacketError:
+                pass
+            except engineio.exceptions.SocketIsClosedError:
+                return
+            except Exception:
+                logger.exception("sid=%s failed to handle a packet", socket.sid)
 
     def _start_writer(self) -> None:
         """Start `_write` for packets that were queued, unless it runs already."""
@@ -220,14 +200,18 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             queue.send_now = None
             self._writer = asyncio.create_task(self._write(queue))
 
-    async def _write(self, queue: PacketQueue) -> None:
-        """Send queued packets in order, until the queue is empty or yields `None`.
+    async def _write(self, queue: PacketQueue) -> bool:
+        """Send queued packets in order, and return whether the WebSocket is open.
+
+        It returns True once the queue is empty, and packets go out from the
+        sending task again. At the end mark or a failed write, it closes the
+        WebSocket and returns False.
 
         A PING is always queued, and another packet only when it cannot go
         out at once: the client is behind on reading, or other packets wait
-        before it. So this task runs only while the queue has packets, and an
-        idle socket has none between PINGs. Until
-        it ends, packets put on the queue wait their turn behind the others.
+        before it. So the writer task runs only while the queue has packets,
+        and an idle socket has none between PINGs. Until this returns, packets
+        put on the queue wait their turn behind the others.
 
         Unlike python-engineio's loop, this one has no idle deadline. The
         server pings every socket, and the reader's deadline ends a silent
@@ -241,17 +225,17 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
                     break
                 await self.send(item.encode())
             else:
-                # Everything is out, so the next packet can go out at once.
                 queue.send_now = self._direct
-                return
+                return True
         except Exception as exc:
             logger.info("sid=%s websocket write failed: %r", self._sid, exc)
         finally:
             self._writer = None
-        # The end mark or a failed write: nothing more goes out.
+        # Nothing more goes out.
         queue.on_put = None
         queue.send_now = None
         await self.close()
+        return False
 
     async def _send_now(self, pkt: eio_packet.Packet, queue: PacketQueue) -> None:
         """Write one packet from the sending task, or queue it for `_write`.
