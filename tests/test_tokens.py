@@ -93,6 +93,7 @@ def test_changed_claims_rejected(signer: TokenSigner) -> None:
         {"alg": "hs256"},
         {"typ": "JWT"},
         {"alg": "HS256", "crit": ["exp"]},
+        {"alg": "HS256", "b64": False},
         ["HS256"],
         "HS256",
     ],
@@ -156,6 +157,7 @@ def test_signature_spelling_checked(signer: TokenSigner) -> None:
         claims(exp=None),
         claims(exp="9999999999"),
         claims(exp=True),
+        claims(exp=1e400),
         claims(nbf="0"),
         claims(ver="1"),
         claims(ver=False),
@@ -189,3 +191,15 @@ def test_token_without_subject_rejected(signer: TokenSigner) -> None:
     assert (
         rejected(signer, token) == "token is not valid for role 'agent': sign in again"
     )
+
+
+def test_fractional_times_accepted(signer: TokenSigner) -> None:
+    """RFC 7519 allows a NumericDate with a fraction of a second."""
+    now = time.time()
+    token = jwt.encode(claims(exp=now + 60.5, nbf=now - 0.5), KEY, algorithm="HS256")
+    assert signer.verify(token, "agent").subject == SUBJECT
+
+
+def test_fractional_expiry_checked(signer: TokenSigner) -> None:
+    token = forge({"alg": "HS256"}, claims(exp=time.time() - 0.5))
+    assert rejected(signer, token) == "token has expired: sign in again"
