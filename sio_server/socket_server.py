@@ -69,9 +69,11 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
 
     python-engineio's own loop starts a Task for every frame it reads and
     another, through `asyncio.wait_for`, every time its writer waits for a
-    packet. This one reads and waits under `asyncio.timeout` instead, and
-    otherwise follows the same steps: the probe and upgrade of a polling
-    socket, the same deadlines, and the same close at the end.
+    packet. This one reads with no Task and no deadline per frame, because
+    the PING timer closes a client that stops replying (`_check_pong`), and
+    it runs a writer only while packets wait. It otherwise follows the same
+    steps: the probe and upgrade of a polling socket and the same close at
+    the end.
 
     `compress` turns permessage-deflate on. aiohttp negotiates it by default,
     which keeps a zlib context of tens of kilobytes per socket and costs CPU on
@@ -172,13 +174,15 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         )
 
     async def _receive(self, socket: Any) -> None:
-        """Pass frames to the socket until the client closes or falls silent."""
-        deadline_s = self.server.ping_interval + self.server.ping_timeout
+        """Pass frames to the socket until the client or the server closes.
+
+        A read has no deadline of its own: `_check_pong` closes a socket
+        whose client does not reply to a PING in time.
+        """
         while True:
             try:
-                async with asyncio.timeout(deadline_s):
-                    data = await self._read()
-            except (OSError, ValueError, TimeoutError, asyncio.CancelledError):
+                data = await self._read()
+            except (OSError, ValueError, asyncio.CancelledError):
                 # A cancelled read ends the loop like a closed one, as in
                 # python-engineio, so that the socket is still closed after.
                 return
@@ -596,11 +600,41 @@ _SEND_PING = engineio.async_socket.AsyncSocket._send_ping
 
 
 def _send_ping(socket: engineio.async_socket.AsyncSocket) -> None:
-    """Queue a PING for `socket`, as python-engineio's `_send_ping` does."""
+    """Queue a PING for `socket`, as python-engineio's `_send_ping` does.
+
+    A PONG clears `last_ping` and schedules the next PING, and `_check_pong`
+    runs once the client's time to reply to this one is up.
+    """
     if socket.closing or socket.closed:
         return
-    socket.last_ping = time.time()
+    sent_at = socket.last_ping = time.time()
     socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+    asyncio.get_running_loop().call_later(
+        socket.server.ping_timeout, _check_pong, socket, sent_at
+    )
+
+
+def _check_pong(socket: engineio.async_socket.AsyncSocket, sent_at: float) -> None:
+    """Close `socket` if its client has not replied to the PING sent at `sent_at`.
+
+    This is the only deadline on a WebSocket's reads, so one timer per socket
+    does the work of a timeout around every read. The end mark on the queue
+    closes the WebSocket: aiohttp sends a CLOSE frame and drops the
+    connection when no reply comes within its close timeout. python-engineio's
+    own monitor may have closed the Engine.IO socket already, but it leaves
+    the WebSocket open, so the end mark goes out in that case too.
+    """
+    if socket.last_ping != sent_at:
+        return
+    logger.info("sid=%s sent no PONG within the ping timeout: closing", socket.sid)
+    if not (socket.closing or socket.closed):
+        socket.server.start_background_task(
+            socket.close,
+            wait=False,
+            abort=True,
+            reason=socket.server.reason.PING_TIMEOUT,
+        )
+    socket.queue.put_nowait(None)
 
 
 class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from tests.support import Clients, ServerProcess
+from tests.support import Clients, ServerProcess, scrape_metrics
 
 # python-engineio 4.x rejects a polling POST that carries more packets than
 # this (`engineio.payload.Payload.max_decode_packets`).
@@ -209,7 +209,8 @@ async def test_answered_pings_keep_websocket_open(
 async def test_silent_websocket_is_closed(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
-    raw = RawSocket(short_pings(server_factory))
+    server = short_pings(server_factory)
+    raw = RawSocket(server)
     try:
         await raw.connect_visitor()
         assert raw.ws is not None
@@ -226,9 +227,39 @@ async def test_silent_websocket_is_closed(
         await raw.close()
     # No PONG, so no second PING.
     assert pings == 1
-    # The first PING goes out after one interval. The socket is closed one
-    # interval plus the timeout after the last frame the client sent.
-    assert closed_after < PING_INTERVAL_S * 2 + PING_TIMEOUT_S + 1.5, closed_after
+    # The first PING goes out after one interval, and the socket is closed
+    # when the timeout after it is up.
+    assert closed_after < PING_INTERVAL_S + PING_TIMEOUT_S + 1.5, closed_after
+    # The server disconnected the visitor too, not only the connection.
+    metrics = await scrape_metrics(server)
+    assert metrics['chat_connected_sockets{role="visitor"}'] == 0
+
+
+async def test_unanswered_ping_closes_busy_websocket(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """A client that sends events but never a PONG is closed all the same."""
+    raw = RawSocket(short_pings(server_factory))
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closed = False
+        while loop.time() - started < 5:
+            await raw.ws.send_str('42["typing", {}]')
+            try:
+                frame = await raw.ws.receive(timeout=0.1)
+            except TimeoutError:
+                continue
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                closed = True
+                break
+        closed_after = loop.time() - started
+    finally:
+        await raw.close()
+    assert closed, "the server kept a socket that never answered a PING"
+    assert closed_after < PING_INTERVAL_S + PING_TIMEOUT_S + 1.5, closed_after
 
 
 async def test_answered_pings_keep_polling_open(
