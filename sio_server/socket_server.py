@@ -619,10 +619,10 @@ def _check_pong(socket: engineio.async_socket.AsyncSocket, sent_at: float) -> No
 
     This is the only deadline on a WebSocket's reads, so one timer per socket
     does the work of a timeout around every read. The end mark on the queue
-    closes the WebSocket: aiohttp sends a CLOSE frame and drops the
-    connection when no reply comes within its close timeout. python-engineio's
-    own monitor may have closed the Engine.IO socket already, but it leaves
-    the WebSocket open, so the end mark goes out in that case too.
+    closes the WebSocket: aiohttp sends a CLOSE frame, ends the waiting read
+    and closes the connection. python-engineio's own monitor may have closed
+    the Engine.IO socket already, but it leaves the WebSocket open, so the
+    end mark goes out in that case too.
     """
     if socket.last_ping != sent_at:
         return
