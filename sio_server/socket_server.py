@@ -339,6 +339,11 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         members[sid] = eio_sid
 
     def get_participants(self, namespace: str, room: Any) -> Iterator[tuple[str, str]]:
+        """Yield `(sid, eio_sid)` of the sockets in a room, or in a list of rooms.
+
+        The members are copied before the first one is yielded, so callers
+        may enter, leave or await while they iterate.
+        """
         rooms = self.rooms.get(namespace, {})
         names = (
             [room] if isinstance(room, str) or not hasattr(room, "__len__") else room
@@ -383,7 +388,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
 
     async def disconnect_members(self, members: Any, namespace: str = "/") -> None:
         """Disconnect every socket of room `members` from the server."""
-        for sid, _ in list(self.get_participants(namespace, members)):
+        for sid, _ in self.get_participants(namespace, members):
             if sid in self.held_frames:
                 # python-socketio skips a socket whose connect handler is running.
                 self.cut_off.add(sid)
@@ -396,7 +401,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
         self, namespace: str, members: Any, room: Any, *, enter: bool
     ) -> None:
         """Put this node's sockets of room `members` into `room`, or take them out."""
-        for sid, eio_sid in list(self.get_participants(namespace, members)):
+        for sid, eio_sid in self.get_participants(namespace, members):
             if enter:
                 self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
             else:
@@ -457,7 +462,7 @@ class ChatManager(socketio.AsyncManager):  # type: ignore[misc]
             packet.EVENT, namespace=namespace, data=[event, *args]
         ).encode()
         frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        for sid, eio_sid in list(self.get_participants(namespace, to or room)):
+        for sid, eio_sid in self.get_participants(namespace, to or room):
             if sid in skipped:
                 continue
             held = self.held_frames.get(sid)
