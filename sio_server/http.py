@@ -42,12 +42,43 @@ def json_error(status: int, code: str, message: str) -> web.Response:
     )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _opens_websocket(request: web.Request) -> bool:
+    """Tell whether `request` opens a new Engine.IO WebSocket.
+
+    Such a request is served for as long as its socket is open, and every
+    coroutine awaiting it keeps its frame until then: a few hundred bytes
+    for each idle socket. The middlewares therefore hand it on without
+    awaiting it. python-engineio answers a bad request of this kind with an
+    error reply of its own, and a failure once the WebSocket is open cannot
+    get a reply anyway: aiohttp logs it. A request that upgrades a polling
+    session names its `sid`, and python-engineio raises when that session
+    has closed, so it goes through the middlewares as usual.
+    """
+    if not request.path.startswith(ENGINEIO_PATH):
+        return False
+    # The raw query, because `request.query` is kept with the request.
+    fields = request.query_string.split("&")
+    return "transport=websocket" in fields and not any(
+        field.startswith("sid=") for field in fields
+    )
+
+
 @web.middleware
-async def error_middleware(
-    request: web.Request,
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
+def error_middleware(
+    request: web.Request, handler: Handler
+) -> Awaitable[web.StreamResponse]:
     """Turn every failure of an API route into the contract's JSON error body."""
+    if _opens_websocket(request):
+        return handler(request)
+    return _reply_to_errors(request, handler)
+
+
+async def _reply_to_errors(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except ChatError as exc:
@@ -93,17 +124,22 @@ _CORS_HEADERS = {
 
 
 @web.middleware
-async def origin_middleware(
-    request: web.Request,
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
+def origin_middleware(
+    request: web.Request, handler: Handler
+) -> Awaitable[web.StreamResponse]:
     """Reject API and dashboard requests from foreign origins; add CORS headers.
 
     Engine.IO checks origins of Socket.IO requests itself, with the same policy.
     This runs outside `error_middleware`, so error replies get the headers too.
+    Other routes are handed on without a coroutine of this middleware
+    awaiting them (see `_opens_websocket`).
     """
     if not request.path.startswith(_CHECKED_PREFIXES):
-        return await handler(request)
+        return handler(request)
+    return _check_origin(request, handler)
+
+
+async def _check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     policy = request.app[ORIGINS_KEY]
     if not policy.allows_request(origin, request.headers, request.scheme):

@@ -150,3 +150,44 @@ async def test_unknown_route_json_404(server: ServerProcess) -> None:
     status, body = await request(server, "GET", "/api/nothing")
     assert status == 404
     assert body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("path", "kept"),
+    [
+        ("/socket.io/?EIO=4&transport=websocket", False),
+        ("/socket.io/?transport=websocket&EIO=4&t=abc", False),
+        # Upgrades of a polling session, polling and the API keep the
+        # middlewares' coroutines, which catch their failures.
+        ("/socket.io/?EIO=4&transport=websocket&sid=abc", True),
+        ("/socket.io/?EIO=4&transport=polling", True),
+        ("/socket.io/?EIO=4&transport=polling&x=transport%3Dwebsocket", True),
+        ("/api/chats?transport=websocket", True),
+    ],
+)
+async def test_new_websockets_skip_the_middleware_coroutines(
+    path: str, kept: bool
+) -> None:
+    """A new WebSocket's request is handed on, not awaited by each middleware.
+
+    Each awaiting coroutine would stay alive, with its frame, for as long
+    as the socket is open.
+    """
+    from aiohttp.test_utils import make_mocked_request
+
+    from sio_server.http import error_middleware, origin_middleware
+
+    request = make_mocked_request("GET", path)
+
+    async def handler(request: Any) -> Any:
+        return None
+
+    for middleware in (origin_middleware, error_middleware):
+        served = handler(request)
+        returned = middleware(request, lambda _request, served=served: served)
+        assert (returned is not served) == (
+            kept and (middleware is error_middleware or path.startswith("/api/"))
+        ), middleware
+        if returned is not served:
+            returned.close()
+        served.close()
