@@ -178,16 +178,23 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         """Pass frames to the socket until the client or the server closes.
 
         A read has no deadline of its own: `_check_pong` closes a socket
-        whose client does not reply to a PING in time.
+        whose client does not reply to a PING in time. The loop awaits
+        aiohttp's `receive` itself, not through `_read` and python-engineio's
+        `wait`, because each coroutine between them would keep a frame for as
+        long as the socket is idle.
         """
+        receive = self._sock.receive
+        limit = self.server.max_http_buffer_size
         while True:
             try:
-                data = await self._read()
-            except (OSError, ValueError, asyncio.CancelledError):
+                message = await receive()
+            except (OSError, asyncio.CancelledError):
                 # A cancelled read ends the loop like a closed one, as in
                 # python-engineio, so that the socket is still closed after.
                 return
-            if data is None:
+            data = message.data
+            # CLOSE, CLOSED and ERROR messages carry no text or bytes.
+            if not isinstance(data, str | bytes) or len(data) > limit:
                 return
             try:
                 await socket.receive(eio_packet.Packet(encoded_packet=data))
