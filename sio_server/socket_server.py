@@ -7,9 +7,10 @@ import functools
 import json
 import logging
 import math
+import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import engineio
@@ -18,7 +19,7 @@ import engineio.exceptions
 import engineio.payload
 import orjson
 import socketio
-from aiohttp.web import WebSocketResponse
+from aiohttp.web import Request, WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet
@@ -63,6 +64,122 @@ class OrjsonCodec:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             return json.loads(text)
+
+
+# The fields of python-engineio's environ that do not come from headers, as
+# its aiohttp driver sets them (python-engineio 4.x, `translate_request`).
+_ENVIRON_FIELDS: dict[str, Callable[[Request], Any]] = {
+    "wsgi.input": lambda request: request.content,
+    "wsgi.errors": lambda request: sys.stderr,
+    "wsgi.version": lambda request: (1, 0),
+    "wsgi.async": lambda request: True,
+    "wsgi.multithread": lambda request: False,
+    "wsgi.multiprocess": lambda request: False,
+    "wsgi.run_once": lambda request: False,
+    "SERVER_SOFTWARE": lambda request: "aiohttp",
+    "REQUEST_METHOD": lambda request: request.method,
+    "QUERY_STRING": lambda request: request.query_string or "",
+    "RAW_URI": lambda request: request.path_qs,
+    "SERVER_PROTOCOL": lambda request: "HTTP/{}.{}".format(*request.version),
+    "REMOTE_ADDR": lambda request: "127.0.0.1",
+    "REMOTE_PORT": lambda request: "0",
+    "SERVER_NAME": lambda request: "aiohttp",
+    "SERVER_PORT": lambda request: "0",
+    "aiohttp.request": lambda request: request,
+}
+_CONTENT_FIELDS = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}
+_CONTENT_KEYS = frozenset(_CONTENT_FIELDS.values())
+_MISSING = object()
+
+
+def _field_name(header: str) -> str:
+    """Return the environ key of a header, as python-engineio writes it."""
+    upper = header.upper()
+    return _CONTENT_FIELDS.get(upper) or "HTTP_" + upper.replace("-", "_")
+
+
+class RequestEnviron(Mapping[str, Any]):
+    """The WSGI-style environ of an aiohttp request, read from it on demand.
+
+    python-engineio's aiohttp driver copies every header of each request
+    into a new dict, and python-socketio keeps a socket's dict for the
+    socket's life: about 1 KB each. This mapping has the same keys and
+    values but keeps only the request, which aiohttp keeps anyway while the
+    socket is open.
+    """
+
+    __slots__ = ("_headers", "_request", "_underscores")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._headers = request.headers
+        # Whether a header name has "_", which python-engineio's key for it
+        # shares with "-"; found at the first header lookup.
+        self._underscores: bool | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._value(key)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    # Mapping's own get and `in` go through a KeyError for a missing key,
+    # and python-engineio looks up several headers that most requests lack.
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._value(key)
+        return default if value is _MISSING else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._value(key) is not _MISSING
+
+    def _value(self, key: str) -> Any:
+        if key.startswith("HTTP_"):
+            return self._header(key)
+        field = _ENVIRON_FIELDS.get(key)
+        if field is not None:
+            return field(self._request)
+        if key == "wsgi.url_scheme":
+            scheme = self._header("HTTP_X_FORWARDED_PROTO")
+            return "http" if scheme is _MISSING else scheme
+        if key == "PATH_INFO":
+            return self._request.path
+        if key == "SCRIPT_NAME":
+            return ""
+        if key in _CONTENT_KEYS:
+            return self._header(key)
+        return _MISSING
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _ENVIRON_FIELDS
+        yield from dict.fromkeys(_field_name(name) for name in self._headers)
+        yield from ("wsgi.url_scheme", "PATH_INFO", "SCRIPT_NAME")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def _header(self, key: str) -> Any:
+        """Return the headers that python-engineio files under `key`, joined.
+
+        `key` is CONTENT_TYPE or CONTENT_LENGTH, which take the last such
+        header as in python-engineio, or starts with HTTP_ and takes all of
+        them, joined by commas. Return `_MISSING` if there are none.
+        """
+        content = not key.startswith("HTTP_")
+        name = key if content else key[5:]
+        if not content and name in _CONTENT_KEYS:
+            return _MISSING
+        headers = self._headers
+        if self._underscores is None:
+            self._underscores = any("_" in header for header in headers)
+        if self._underscores:
+            values = [
+                value for header, value in headers.items() if _field_name(header) == key
+            ]
+        else:
+            values = headers.getall(name.replace("_", "-"), [])
+        if not values:
+            return _MISSING
+        return values[-1] if content else ",".join(values)
 
 
 class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
@@ -713,13 +830,15 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             **options,
         )
         engineio.payload.Payload.max_decode_packets = MAX_PACKETS_PER_POST
-        # NOTE: `_async` is python-engineio's table of driver classes; a copy
-        # on this instance swaps the WebSocket class for this server only.
+        # NOTE: `_async` is python-engineio's table of driver classes and
+        # functions. A copy on this instance swaps the WebSocket class and
+        # the environ for this server only.
         self.eio._async = {
             **self.eio._async,
             "websocket": functools.partial(
                 ChatWebSocket, compress=websocket_compression
             ),
+            "translate_request": RequestEnviron,
         }
         self.bad_packets = 0
         # Called with the sid once a client's CONNECT packet went out.
