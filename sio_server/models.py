@@ -239,6 +239,15 @@ class Sender:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueCount:
+    """The queued chats of one department, or of none: how many, and the oldest."""
+
+    department: str | None
+    queued: int
+    oldest_queued_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueEntry:
     """A queued chat in queue order, as the position updates need it."""
 

@@ -1382,20 +1382,18 @@ class ChatService:
         }
 
     async def queue_summary(self) -> dict[str, Any]:
-        entries = await self.store.queue_entries()
+        """Return the `queue_changed` payload: counts and the longest wait."""
+        counts = await self.store.queue_counts()
         oldest = None
-        if entries:
-            oldest_at = min(parse_time(entry.queued_at) for entry in entries)
+        if counts:
+            oldest_at = parse_time(min(count.oldest_queued_at for count in counts))
             oldest = round((datetime.now(UTC) - oldest_at).total_seconds(), 3)
-        counts: dict[str | None, int] = {}
-        for entry in entries:
-            counts[entry.department] = counts.get(entry.department, 0) + 1
         return {
-            "queued": len(entries),
+            "queued": sum(count.queued for count in counts),
             "oldest_wait_s": oldest,
             "departments": [
-                {"department": department, "queued": count}
-                for department, count in counts.items()
+                {"department": count.department, "queued": count.queued}
+                for count in counts
             ],
         }
 

@@ -387,6 +387,30 @@ async def test_requeue_goes_to_front_in_order(store: Store) -> None:
     assert stored.status == "offline"
 
 
+async def test_queue_counts_by_department(store: Store) -> None:
+    assert await store.queue_counts() == []
+    agent_id = await ready_agent(store, "ann@example.com")
+    departments = [None, "sales", None, "billing", "sales", "sales"]
+    for department in departments:
+        await store.open_chat(
+            new_visitor(), department=department, metadata=None, first_message=None
+        )
+    # The first chat, of the general queue, leaves it for the agent.
+    assigned = await store.assign_waiting()
+    assert [chat.agent_id for chat in assigned] == [agent_id]
+
+    entries = await store.queue_entries()
+    counts = await store.queue_counts()
+    assert [(count.department, count.queued) for count in counts] == [
+        ("sales", 3),
+        (None, 1),
+        ("billing", 1),
+    ]
+    for count in counts:
+        times = [e.queued_at for e in entries if e.department == count.department]
+        assert count.oldest_queued_at == min(times)
+
+
 async def test_read_mark_only_rises(store: Store) -> None:
     chat_id, visitor, _ = await active_chat(store)
     assert await store.set_read_mark(chat_id, "visitor", visitor.id, 3) == 3

@@ -22,6 +22,7 @@ from ..models import (
     ChatStatus,
     Message,
     Note,
+    QueueCount,
     QueueEntry,
     Sender,
     SenderRole,
@@ -287,6 +288,10 @@ class Store(ABC):
     @abstractmethod
     async def queue_entries(self) -> list[QueueEntry]:
         """Return the queued chats in queue order."""
+
+    @abstractmethod
+    async def queue_counts(self) -> list[QueueCount]:
+        """Count the queued chats by department, in the order of each one's first."""
 
     @abstractmethod
     async def people_with_open_state(self) -> tuple[list[str], list[str]]:

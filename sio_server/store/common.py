@@ -49,6 +49,12 @@ AGENT_FIELDS = (
     "token_version",
 )
 NOTE_COLUMNS = "id, chat_id, author_id, author_name, text, client_id, created_at"
+# Times are stored as fixed-width ISO 8601 text, so the smallest is the oldest.
+# The index on status limits the scan to queued chats.
+QUEUE_COUNTS = (
+    "SELECT department, COUNT(*), MIN(queued_at) FROM chats WHERE status = 'queued'"
+    " GROUP BY department ORDER BY MIN(queue_rank)"
+)
 CANNED_COLUMNS = "id, shortcut, text, created_by, created_at, updated_at"
 
 

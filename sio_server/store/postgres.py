@@ -65,6 +65,7 @@ from ..models import (
     ChatStatus,
     Message,
     Note,
+    QueueCount,
     QueueEntry,
     Sender,
     SenderRole,
@@ -81,6 +82,7 @@ from .common import (
     CHAT_FROM,
     MESSAGE_COLUMNS,
     NOTE_COLUMNS,
+    QUEUE_COUNTS,
     check_agent_chat,
     check_can_rate,
     check_can_take,
@@ -832,6 +834,10 @@ class PostgresStore(Store):
             QueueEntry(chat_id=r[0], visitor_id=r[1], queued_at=r[2], department=r[3])
             for r in rows
         ]
+
+    async def queue_counts(self) -> list[QueueCount]:
+        rows = await self._pool_or_raise().fetch(QUEUE_COUNTS)
+        return [QueueCount(r[0], r[1], r[2]) for r in rows]
 
     async def people_with_open_state(self) -> tuple[list[str], list[str]]:
         pool = self._pool_or_raise()
