@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import get_args
 
@@ -52,18 +53,22 @@ def _opens_websocket(request: web.Request) -> bool:
     coroutine awaiting it keeps its frame until then: a few hundred bytes
     for each idle socket. The middlewares therefore hand it on without
     awaiting it. python-engineio answers a bad request of this kind with an
-    error reply of its own, and a failure once the WebSocket is open cannot
-    get a reply anyway: aiohttp logs it. A request that upgrades a polling
-    session names its `sid`, and python-engineio raises when that session
-    has closed, so it goes through the middlewares as usual.
+    error reply of its own, and `ChatWebSocket` one that fails the
+    WebSocket handshake. Every other request to Engine.IO, such as one that
+    upgrades a polling session and may find it closed, goes through the
+    middlewares as usual.
     """
-    if not request.path.startswith(ENGINEIO_PATH):
+    if request.method != "GET" or request.path != ENGINEIO_PATH:
         return False
-    # The raw query, because `request.query` is kept with the request.
-    fields = request.query_string.split("&")
-    return "transport=websocket" in fields and not any(
-        field.startswith("sid=") for field in fields
-    )
+    # The headers as python-engineio reads them, repeats joined by commas.
+    upgrade = ",".join(request.headers.getall("Upgrade", ())).lower()
+    connection = ",".join(request.headers.getall("Connection", ())).lower()
+    tokens = [token.strip() for token in connection.split(",")]
+    if upgrade != "websocket" or "upgrade" not in tokens:
+        return False
+    # Parsed as python-engineio parses it, so that both see the same fields.
+    query = urllib.parse.parse_qs(request.query_string)
+    return query.get("transport", ["polling"])[0] == "websocket" and "sid" not in query
 
 
 @web.middleware
@@ -80,7 +85,22 @@ async def _reply_to_errors(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
+        if not isinstance(response, web.StreamResponse):
+            # python-engineio falls back to polling when a WebSocket request
+            # lacks `Connection: Upgrade`, and returns packets, not a reply.
+            logger.warning(
+                "%s %s rejected: a WebSocket request without Connection: Upgrade",
+                request.method,
+                request.path,
+            )
+            return json_error(
+                400,
+                "invalid_payload",
+                "invalid WebSocket request: send Connection: Upgrade"
+                " with Upgrade: websocket",
+            )
+        return response
     except ChatError as exc:
         logger.warning(
             "%s %s rejected: %s %s", request.method, request.path, exc.code, exc.message

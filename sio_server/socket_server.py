@@ -19,6 +19,7 @@ import engineio.exceptions
 import engineio.payload
 import orjson
 import socketio
+from aiohttp import web
 from aiohttp.web import Request, WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
@@ -166,8 +167,6 @@ class RequestEnviron(Mapping[str, Any]):
         """
         content = not key.startswith("HTTP_")
         name = key if content else key[5:]
-        if not content and name in _CONTENT_KEYS:
-            return _MISSING
         headers = self._headers
         if self._underscores is None:
             self._underscores = any("_" in header for header in headers)
@@ -175,6 +174,14 @@ class RequestEnviron(Mapping[str, Any]):
             values = [
                 value for header, value in headers.items() if _field_name(header) == key
             ]
+        elif name != name.upper() or "-" in name:
+            # python-engineio writes no such key, and the lookup below would
+            # find a header for it regardless of case.
+            return _MISSING
+        elif not content and name in _CONTENT_KEYS:
+            # Content-Type and Content-Length have keys of their own, so only
+            # a name spelled with "_" would be filed here.
+            return _MISSING
         else:
             values = headers.getall(name.replace("_", "-"), [])
         if not values:
@@ -208,17 +215,29 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         self._direct: Callable[[Any, PacketQueue], Awaitable[None]] | None = None
         self._writer: asyncio.Task[bool] | None = None
 
-    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request = environ["aiohttp.request"]
         self._transport = request.transport
         self._sock = WebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size, compress=self.compress
         )
-        await self._sock.prepare(request)
-        self.environ = environ
         # NOTE: python-engineio 4.x passes its socket's `_websocket_handler`
         # as `handler`; the socket it is bound to is the one served here.
         socket = self.handler.__self__
+        try:
+            await self._sock.prepare(request)
+        except web.HTTPException as exc:
+            # A bad handshake, such as a missing Sec-WebSocket-Key. A new
+            # socket's request reaches here without the error middleware.
+            logger.warning("sid=%s websocket handshake failed: %s", socket.sid, exc)
+            await socket.close(
+                wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR
+            )
+            return web.json_response(
+                {"error": {"code": "invalid_payload", "message": exc.reason}},
+                status=exc.status,
+            )
+        self.environ = environ
         self._sid = socket.sid
         if await self._upgrade(socket):
             await self._serve(socket)

@@ -17,6 +17,8 @@ HEADERS = [
     # Content headers have keys of their own and take the last value.
     [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Content-Length", "7")],
     [("X-Forwarded-Proto", "")],
+    # Spelled with "_", they are headers like any other.
+    [("Content_Type", "a"), ("content_length", "3"), ("Content-Type", "b")],
     [],
 ]
 
@@ -51,3 +53,6 @@ def test_environ_missing_keys() -> None:
     assert "HTTP_ORIGIN" in environ
     with pytest.raises(KeyError):
         environ["CONTENT_LENGTH"]
+    # python-engineio writes keys in capitals with "_" only.
+    assert "HTTP_origin" not in environ
+    assert "HTTP-ORIGIN" not in environ

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.support import PASSWORD, Clients, ServerProcess, matched_pair
 
@@ -152,21 +153,36 @@ async def test_unknown_route_json_404(server: ServerProcess) -> None:
     assert body["error"]["code"] == "not_found"
 
 
+UPGRADE = {"Upgrade": "websocket", "Connection": "keep-alive, Upgrade"}
+NEW_WEBSOCKET = "/socket.io/?EIO=4&transport=websocket"
+
+
 @pytest.mark.parametrize(
-    ("path", "kept"),
+    ("method", "path", "headers", "kept"),
     [
-        ("/socket.io/?EIO=4&transport=websocket", False),
-        ("/socket.io/?transport=websocket&EIO=4&t=abc", False),
-        # Upgrades of a polling session, polling and the API keep the
-        # middlewares' coroutines, which catch their failures.
-        ("/socket.io/?EIO=4&transport=websocket&sid=abc", True),
-        ("/socket.io/?EIO=4&transport=polling", True),
-        ("/socket.io/?EIO=4&transport=polling&x=transport%3Dwebsocket", True),
-        ("/api/chats?transport=websocket", True),
+        ("GET", NEW_WEBSOCKET, UPGRADE, False),
+        ("GET", "/socket.io/?transport=websocket&EIO=4&t=abc", UPGRADE, False),
+        # Upgrades of a polling session, polling, requests that python-engineio
+        # or aiohttp may answer with an error, and the API keep the
+        # middlewares' coroutines, which reply to their failures.
+        ("GET", NEW_WEBSOCKET + "&sid=abc", UPGRADE, True),
+        # aiohttp decodes the query once and python-engineio once more.
+        ("GET", NEW_WEBSOCKET + "&%2573id=abc", UPGRADE, True),
+        ("POST", NEW_WEBSOCKET, UPGRADE, True),
+        ("GET", "/socket.io/other?EIO=4&transport=websocket", UPGRADE, True),
+        ("GET", NEW_WEBSOCKET, {"Upgrade": "websocket"}, True),
+        ("GET", "/socket.io/?EIO=4&transport=polling", UPGRADE, True),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&x=transport%3Dwebsocket",
+            {},
+            True,
+        ),
+        ("GET", "/api/chats?transport=websocket", UPGRADE, True),
     ],
 )
 async def test_new_websockets_skip_the_middleware_coroutines(
-    path: str, kept: bool
+    method: str, path: str, headers: dict[str, str], kept: bool
 ) -> None:
     """A new WebSocket's request is handed on, not awaited by each middleware.
 
@@ -177,7 +193,7 @@ async def test_new_websockets_skip_the_middleware_coroutines(
 
     from sio_server.http import error_middleware, origin_middleware
 
-    request = make_mocked_request("GET", path)
+    request = make_mocked_request(method, path, headers=headers)
 
     async def handler(request: Any) -> Any:
         return None
@@ -191,3 +207,55 @@ async def test_new_websockets_skip_the_middleware_coroutines(
         if returned is not served:
             returned.close()
         served.close()
+
+
+async def http_reply(
+    server: ServerProcess, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, str, str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, headers=headers) as response,
+    ):
+        return response.status, response.content_type, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/socket.io/other?EIO=4&transport=websocket", UPGRADE, 404),
+        ("PUT", NEW_WEBSOCKET, UPGRADE, 405),
+        # The WebSocket handshake fails in aiohttp.
+        ("GET", NEW_WEBSOCKET, {**UPGRADE, "Sec-WebSocket-Key": "bad"}, 400),
+        ("GET", NEW_WEBSOCKET, {**UPGRADE, "Sec-WebSocket-Version": "12"}, 400),
+        # python-engineio answers this one with packets instead of a reply.
+        ("GET", NEW_WEBSOCKET, {"Upgrade": "websocket"}, 400),
+    ],
+)
+async def test_bad_engineio_requests_get_json_errors(
+    server: ServerProcess, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    if "Sec-WebSocket-Version" not in headers:
+        headers = {**headers, "Sec-WebSocket-Version": "13"}
+    if "Sec-WebSocket-Key" not in headers:
+        headers = {**headers, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    code, content_type, body = await http_reply(server, method, path, headers)
+    assert code == status, body
+    assert content_type == "application/json", body
+    assert '"error"' in body
+
+
+async def test_request_on_closed_session_gets_json_400(server: ServerProcess) -> None:
+    """A POST for a session that closed a moment ago, its sid encoded twice."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling") as r:
+            sid = (await r.text())[1:].split('"sid":"')[1].split('"')[0]
+        polling = f"{server.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+        async with http.post(polling, data="1") as r:
+            assert r.status == 200
+        # Marked as encoded, so that yarl sends %2573 as it is.
+        query = f"EIO=4&transport=websocket&%2573id={sid}"
+        url = URL(f"{server.url}/socket.io/?{query}", encoded=True)
+        async with http.post(url, data="40") as r:
+            # JSON from the error middleware while python-engineio still holds
+            # the closed session, its own text reply once it has dropped it.
+            assert r.status == 400, await r.text()
