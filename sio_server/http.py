@@ -52,8 +52,8 @@ def _opens_websocket(request: web.Request) -> bool:
     Such a request is served for as long as its socket is open, and every
     coroutine awaiting it keeps its frame until then: a few hundred bytes
     for each idle socket. The middlewares therefore hand it on without
-    awaiting it. python-engineio answers a bad request of this kind with an
-    error reply of its own, and `ChatWebSocket` one that fails the
+    awaiting it. python-engineio replies to a bad request of this kind with
+    an error of its own, and `ChatWebSocket` to one that fails the
     WebSocket handshake. Every other request to Engine.IO, such as one that
     upgrades a polling session and may find it closed, goes through the
     middlewares as usual.

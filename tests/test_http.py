@@ -163,7 +163,7 @@ NEW_WEBSOCKET = "/socket.io/?EIO=4&transport=websocket"
         ("GET", NEW_WEBSOCKET, UPGRADE, False),
         ("GET", "/socket.io/?transport=websocket&EIO=4&t=abc", UPGRADE, False),
         # Upgrades of a polling session, polling, requests that python-engineio
-        # or aiohttp may answer with an error, and the API keep the
+        # or aiohttp may reject with an error, and the API keep the
         # middlewares' coroutines, which reply to their failures.
         ("GET", NEW_WEBSOCKET + "&sid=abc", UPGRADE, True),
         # aiohttp decodes the query once and python-engineio once more.
@@ -227,7 +227,7 @@ async def http_reply(
         # The WebSocket handshake fails in aiohttp.
         ("GET", NEW_WEBSOCKET, {**UPGRADE, "Sec-WebSocket-Key": "bad"}, 400),
         ("GET", NEW_WEBSOCKET, {**UPGRADE, "Sec-WebSocket-Version": "12"}, 400),
-        # python-engineio answers this one with packets instead of a reply.
+        # python-engineio returns packets for this one instead of a reply.
         ("GET", NEW_WEBSOCKET, {"Upgrade": "websocket"}, 400),
     ],
 )
@@ -256,6 +256,6 @@ async def test_request_on_closed_session_gets_json_400(server: ServerProcess) ->
         query = f"EIO=4&transport=websocket&%2573id={sid}"
         url = URL(f"{server.url}/socket.io/?{query}", encoded=True)
         async with http.post(url, data="40") as r:
-            # JSON from the error middleware while python-engineio still holds
+            # JSON from the error middleware while python-engineio still keeps
             # the closed session, its own text reply once it has dropped it.
             assert r.status == 400, await r.text()
