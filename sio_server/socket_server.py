@@ -218,8 +218,10 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request = environ["aiohttp.request"]
         self._transport = request.transport
+        # aiohttp rejects a message of `max_msg_size` bytes or more, while
+        # `max_http_buffer_size` is the largest packet allowed.
         self._sock = WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
+            max_msg_size=self.server.max_http_buffer_size + 1, compress=self.compress
         )
         # NOTE: python-engineio 4.x passes its socket's `_websocket_handler`
         # as `handler`; the socket it is bound to is the one served here.
@@ -333,7 +335,17 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             if not isinstance(data, str | bytes) or len(data) > limit:
                 return
             try:
-                await socket.receive(eio_packet.Packet(encoded_packet=data))
+                pkt = eio_packet.Packet(encoded_packet=data)
+            except ValueError as exc:
+                self.server.bad_packet(socket.sid, exc)
+                continue
+            if not 0 <= pkt.packet_type < len(eio_packet.packet_names):
+                # python-engineio would fail to log its name, with a traceback.
+                error = ValueError(f"unknown packet type {pkt.packet_type}")
+                self.server.bad_packet(socket.sid, error)
+                continue
+            try:
+                await socket.receive(pkt)
             except engineio.exceptions.UnknownPacketError:
                 pass
             except engineio.exceptions.SocketIsClosedError:
@@ -765,6 +777,19 @@ class ChatEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timers = CoarseTimers()
+        self.bad_packets = 0
+
+    def bad_packet(self, eio_sid: str, exc: BaseException) -> None:
+        """Count a dropped malformed packet; log the first few, then one in many."""
+        self.bad_packets += 1
+        count = self.bad_packets
+        if count <= BAD_PACKET_LOG_FIRST or count % BAD_PACKET_LOG_EVERY == 0:
+            logger.warning(
+                "eio_sid=%s sent a malformed packet, dropped (%d so far): %s",
+                eio_sid,
+                count,
+                str(exc)[:200],
+            )
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         # NOTE: python-engineio 4.x calls this for each socket's outgoing
@@ -859,7 +884,6 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             ),
             "translate_request": RequestEnviron,
         }
-        self.bad_packets = 0
         # Called with the sid once a client's CONNECT packet went out.
         self.after_connect: Callable[[str], Awaitable[None]] | None = None
 
@@ -915,15 +939,7 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         )
 
     def _bad_packet(self, eio_sid: str, exc: BaseException) -> None:
-        self.bad_packets += 1
-        count = self.bad_packets
-        if count <= BAD_PACKET_LOG_FIRST or count % BAD_PACKET_LOG_EVERY == 0:
-            logger.warning(
-                "eio_sid=%s sent a malformed packet, dropped (%d so far): %s",
-                eio_sid,
-                count,
-                str(exc)[:200],
-            )
+        self.eio.bad_packet(eio_sid, exc)
 
 
 def _preview(value: Any) -> str:

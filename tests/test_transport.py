@@ -148,6 +148,59 @@ async def test_undecodable_packet_logs_no_traceback(
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
+@pytest.mark.parametrize(("size", "served"), [(65536, True), (65537, False)])
+async def test_largest_packet_is_the_limit(
+    server_factory: Callable[..., ServerProcess], size: int, served: bool
+) -> None:
+    raw = RawSocket(server_factory(CHAT_MAX_PAYLOAD_BYTES="65536"))
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        head, tail = '421["typing", {"chat_id": "', '"}]'
+        await raw.ws.send_str(head + "x" * (size - len(head) - len(tail)) + tail)
+        if served:
+            ack = await raw.wait_for("431")
+            assert '"ok":false' in ack.replace(" ", ""), ack
+        else:
+            # Frames sent before the close, such as `session`, come first.
+            frame = await raw.ws.receive(timeout=5)
+            while frame.type == aiohttp.WSMsgType.TEXT:
+                assert not frame.data.startswith("431"), frame.data
+                frame = await raw.ws.receive(timeout=5)
+            assert frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    finally:
+        await raw.close()
+
+
+# Engine.IO frames that python-engineio cannot decode, or of no packet type.
+UNDECODABLE_FRAMES = [
+    pytest.param("", id="empty"),
+    pytest.param("x", id="not-a-type"),
+    pytest.param("9", id="type-9"),
+    pytest.param("-1", id="negative-type"),
+]
+
+
+@pytest.mark.parametrize("frame", UNDECODABLE_FRAMES)
+async def test_undecodable_frames_dropped_quietly(
+    server: ServerProcess, frame: str
+) -> None:
+    raw = RawSocket(server)
+    try:
+        await raw.connect_visitor()
+        assert raw.ws is not None
+        for _ in range(100):
+            await raw.ws.send_str(frame)
+        await raw.ws.send_str('422["history", {}]')
+        assert await raw.wait_for("432"), "socket stopped answering"
+    finally:
+        await raw.close()
+    log = server.log()
+    assert "Traceback" not in log, log[-3000:]
+    # The first 20 are logged, then one in a thousand.
+    assert log.count("sent a malformed packet") == 20, log[-3000:]
+
+
 @pytest.mark.parametrize(("setting", "expected"), [("off", None), ("on", "deflate")])
 async def test_websocket_compression_setting(
     server_factory: Callable[..., ServerProcess], setting: str, expected: str | None
