@@ -90,6 +90,8 @@ _ENVIRON_FIELDS: dict[str, Callable[[Request], Any]] = {
 }
 _CONTENT_FIELDS = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}
 _CONTENT_KEYS = frozenset(_CONTENT_FIELDS.values())
+# The fields that python-engineio sets after the headers.
+_URL_SCHEME, _PATH_INFO, _SCRIPT_NAME = "wsgi.url_scheme", "PATH_INFO", "SCRIPT_NAME"
 _MISSING = object()
 
 
@@ -115,7 +117,7 @@ class RequestEnviron(Mapping[str, Any]):
         self._request = request
         self._headers = request.headers
         # Whether a header name has "_", which python-engineio's key for it
-        # shares with "-"; found at the first header lookup.
+        # shares with "-". It is found at the first header lookup.
         self._underscores: bool | None = None
 
     def __getitem__(self, key: str) -> Any:
@@ -139,12 +141,12 @@ class RequestEnviron(Mapping[str, Any]):
         field = _ENVIRON_FIELDS.get(key)
         if field is not None:
             return field(self._request)
-        if key == "wsgi.url_scheme":
+        if key == _URL_SCHEME:
             scheme = self._header("HTTP_X_FORWARDED_PROTO")
             return "http" if scheme is _MISSING else scheme
-        if key == "PATH_INFO":
+        if key == _PATH_INFO:
             return self._request.path
-        if key == "SCRIPT_NAME":
+        if key == _SCRIPT_NAME:
             return ""
         if key in _CONTENT_KEYS:
             return self._header(key)
@@ -153,7 +155,7 @@ class RequestEnviron(Mapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         yield from _ENVIRON_FIELDS
         yield from dict.fromkeys(_field_name(name) for name in self._headers)
-        yield from ("wsgi.url_scheme", "PATH_INFO", "SCRIPT_NAME")
+        yield from (_URL_SCHEME, _PATH_INFO, _SCRIPT_NAME)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -165,8 +167,8 @@ class RequestEnviron(Mapping[str, Any]):
         header as in python-engineio, or starts with HTTP_ and takes all of
         them, joined by commas. Return `_MISSING` if there are none.
         """
-        content = not key.startswith("HTTP_")
-        name = key if content else key[5:]
+        content_key = not key.startswith("HTTP_")
+        name = key if content_key else key[5:]
         headers = self._headers
         if self._underscores is None:
             self._underscores = any("_" in header for header in headers)
@@ -178,7 +180,7 @@ class RequestEnviron(Mapping[str, Any]):
             # python-engineio writes no such key, and the lookup below would
             # find a header for it regardless of case.
             return _MISSING
-        elif not content and name in _CONTENT_KEYS:
+        elif not content_key and name in _CONTENT_KEYS:
             # Content-Type and Content-Length have keys of their own, so only
             # a name spelled with "_" would be filed here.
             return _MISSING
@@ -186,7 +188,7 @@ class RequestEnviron(Mapping[str, Any]):
             values = headers.getall(name.replace("_", "-"), [])
         if not values:
             return _MISSING
-        return values[-1] if content else ",".join(values)
+        return values[-1] if content_key else ",".join(values)
 
 
 class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
@@ -335,17 +337,17 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             if not isinstance(data, str | bytes) or len(data) > limit:
                 return
             try:
-                pkt = eio_packet.Packet(encoded_packet=data)
+                decoded = eio_packet.Packet(encoded_packet=data)
             except ValueError as exc:
                 self.server.bad_packet(socket.sid, exc)
                 continue
-            if not 0 <= pkt.packet_type < len(eio_packet.packet_names):
+            if not 0 <= decoded.packet_type < len(eio_packet.packet_names):
                 # python-engineio would fail to log its name, with a traceback.
-                error = ValueError(f"unknown packet type {pkt.packet_type}")
+                error = ValueError(f"unknown packet type {decoded.packet_type}")
                 self.server.bad_packet(socket.sid, error)
                 continue
             try:
-                await socket.receive(pkt)
+                await socket.receive(decoded)
             except engineio.exceptions.UnknownPacketError:
                 pass
             except engineio.exceptions.SocketIsClosedError:
@@ -732,10 +734,10 @@ class CoarseTimers:
     """Callbacks that run up to `resolution_s` late, sharing loop timers.
 
     Every socket waits for its next PING, and after each PING for its PONG.
-    A timer of the event loop takes about 530 bytes under uvloop (tracemalloc). Here the
-    callbacks due in the same slot of `resolution_s` share one loop timer,
-    and each costs a tuple in the slot's list. A callback cannot be
-    cancelled: it checks when it runs whether it still has work to do.
+    A uvloop timer takes about 530 bytes (tracemalloc). Here the callbacks
+    due in the same slot of `resolution_s` share one loop timer, and each
+    costs a tuple in the slot's list. A callback cannot be cancelled, so it
+    checks when it runs whether it still has work to do.
     """
 
     def __init__(self, resolution_s: float = 0.05) -> None:
@@ -780,7 +782,7 @@ class ChatEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.bad_packets = 0
 
     def bad_packet(self, eio_sid: str, exc: BaseException) -> None:
-        """Count a dropped malformed packet; log the first few, then one in many."""
+        """Count a dropped malformed packet, and log the first few, then one in many."""
         self.bad_packets += 1
         count = self.bad_packets
         if count <= BAD_PACKET_LOG_FIRST or count % BAD_PACKET_LOG_EVERY == 0:
@@ -912,7 +914,7 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
-            self._bad_packet(eio_sid, exc)
+            self.eio.bad_packet(eio_sid, exc)
 
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
@@ -921,7 +923,7 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if isinstance(name, str) and name not in RESERVED_EVENTS:
             await super()._handle_event(eio_sid, namespace, id, data)
             return
-        self._bad_packet(eio_sid, ValueError(f"invalid event name {_preview(name)}"))
+        self.eio.bad_packet(eio_sid, ValueError(f"invalid event name {_preview(name)}"))
         if id is None:
             return
         reply = {
@@ -937,9 +939,6 @@ class ChatSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 packet.ACK, namespace=namespace or "/", id=id, data=[reply]
             ),
         )
-
-    def _bad_packet(self, eio_sid: str, exc: BaseException) -> None:
-        self.eio.bad_packet(eio_sid, exc)
 
 
 def _preview(value: Any) -> str:

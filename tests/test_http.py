@@ -181,7 +181,7 @@ NEW_WEBSOCKET = "/socket.io/?EIO=4&transport=websocket"
         ("GET", "/api/chats?transport=websocket", UPGRADE, True),
     ],
 )
-async def test_new_websockets_skip_the_middleware_coroutines(
+async def test_new_websocket_skips_middlewares(
     method: str, path: str, headers: dict[str, str], kept: bool
 ) -> None:
     """A new WebSocket's request is handed on, not awaited by each middleware.
@@ -244,7 +244,7 @@ async def test_bad_engineio_requests_get_json_errors(
     assert '"error"' in body
 
 
-async def test_request_on_closed_session_gets_json_400(server: ServerProcess) -> None:
+async def test_closed_session_request_gets_400(server: ServerProcess) -> None:
     """A POST for a session that closed a moment ago, its sid encoded twice."""
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling") as r:

@@ -132,19 +132,25 @@ UNDECODABLE_PACKETS = [
 ]
 
 
-@pytest.mark.parametrize("packet", UNDECODABLE_PACKETS)
-async def test_undecodable_packet_logs_no_traceback(
-    server: ServerProcess, packet: str
-) -> None:
+async def send_then_check_alive(server: ServerProcess, frames: list[str]) -> None:
+    """Send `frames` as a visitor, then check that the socket still replies."""
     raw = RawSocket(server)
     try:
         await raw.connect_visitor()
         assert raw.ws is not None
-        await raw.ws.send_str(packet)
+        for frame in frames:
+            await raw.ws.send_str(frame)
         await raw.ws.send_str('422["history", {}]')
         assert await raw.wait_for("432"), "socket stopped answering"
     finally:
         await raw.close()
+
+
+@pytest.mark.parametrize("packet", UNDECODABLE_PACKETS)
+async def test_undecodable_packet_logs_no_traceback(
+    server: ServerProcess, packet: str
+) -> None:
+    await send_then_check_alive(server, [packet])
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
@@ -185,16 +191,7 @@ UNDECODABLE_FRAMES = [
 async def test_undecodable_frames_dropped_quietly(
     server: ServerProcess, frame: str
 ) -> None:
-    raw = RawSocket(server)
-    try:
-        await raw.connect_visitor()
-        assert raw.ws is not None
-        for _ in range(100):
-            await raw.ws.send_str(frame)
-        await raw.ws.send_str('422["history", {}]')
-        assert await raw.wait_for("432"), "socket stopped answering"
-    finally:
-        await raw.close()
+    await send_then_check_alive(server, [frame] * 100)
     log = server.log()
     assert "Traceback" not in log, log[-3000:]
     # The first 20 are logged, then one in a thousand.

@@ -291,7 +291,7 @@ class Store(ABC):
 
     @abstractmethod
     async def queue_counts(self) -> list[QueueCount]:
-        """Count the queued chats by department, in the order of each one's first."""
+        """Count the queued chats by department, the departments in queue order."""
 
     @abstractmethod
     async def people_with_open_state(self) -> tuple[list[str], list[str]]:
