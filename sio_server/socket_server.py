@@ -267,31 +267,44 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             socket.upgraded = True
             return True
         # Packets sent meanwhile wait in the queue until the upgrade is done.
+        # A client that stops half way gets the ping timeout to finish. Without
+        # a deadline, its WebSocket would stay open until TCP gave up on it.
         socket.upgrading = True
         try:
-            probe = eio_packet.Packet(encoded_packet=await self._read())
-            if probe.packet_type != eio_packet.PING or probe.data != "probe":
-                logger.info(
-                    "sid=%s websocket upgrade failed: expected a PING probe",
-                    socket.sid,
-                )
-                return False
-            await self.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-            # The NOOP ends the long poll that is still open.
-            await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))
-            upgrade = eio_packet.Packet(encoded_packet=await self._read())
-            if upgrade.packet_type != eio_packet.UPGRADE:
-                logger.info(
-                    "sid=%s websocket upgrade failed: expected UPGRADE", socket.sid
-                )
-                socket.upgraded = False
-                return False
-            socket.upgraded = True
-            return True
+            async with asyncio.timeout(self.server.ping_timeout):
+                return await self._finish_upgrade(socket)
+        except TimeoutError:
+            logger.info(
+                "sid=%s websocket upgrade timed out after %s s: the client"
+                " keeps polling",
+                socket.sid,
+                self.server.ping_timeout,
+            )
+            socket.upgraded = False
+            return False
         except (OSError, ValueError):
             return False
         finally:
             socket.upgrading = False
+
+    async def _finish_upgrade(self, socket: Any) -> bool:
+        """Reply to the client's PING probe, then wait for its UPGRADE packet."""
+        probe = eio_packet.Packet(encoded_packet=await self._read())
+        if probe.packet_type != eio_packet.PING or probe.data != "probe":
+            logger.info(
+                "sid=%s websocket upgrade failed: expected a PING probe", socket.sid
+            )
+            return False
+        await self.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+        # The NOOP ends the long poll that is still open.
+        await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))
+        upgrade = eio_packet.Packet(encoded_packet=await self._read())
+        if upgrade.packet_type != eio_packet.UPGRADE:
+            logger.info("sid=%s websocket upgrade failed: expected UPGRADE", socket.sid)
+            socket.upgraded = False
+            return False
+        socket.upgraded = True
+        return True
 
     async def _serve(self, socket: Any) -> None:
         """Pass frames to the socket until either side closes, then close it."""

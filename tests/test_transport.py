@@ -7,6 +7,7 @@ over polling, and that no input leaves a traceback in the server log.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import aiohttp
@@ -327,3 +328,31 @@ async def test_answered_pings_keep_polling_open(
         assert reply["chat"]["status"] == "queued", reply
     finally:
         await clients.close()
+
+
+async def test_stalled_upgrade_is_closed(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """An upgrade WebSocket that never sends the probe is closed."""
+    server = short_pings(server_factory)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        polling = server.url + "/socket.io/?EIO=4&transport=polling"
+        async with http.get(polling) as response:
+            opening = await response.text()
+        assert opening.startswith("0"), opening
+        sid = json.loads(opening[1:])["sid"]
+        upgrade = (
+            server.url.replace("http://", "ws://")
+            + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        )
+        async with http.ws_connect(upgrade) as ws:
+            started = loop.time()
+            frame = await ws.receive(timeout=PING_INTERVAL_S + PING_TIMEOUT_S + 5)
+            closed_after = loop.time() - started
+    assert frame.type in (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSING,
+        aiohttp.WSMsgType.CLOSED,
+    ), frame
+    assert closed_after < PING_INTERVAL_S + PING_TIMEOUT_S + 1.5, closed_after
