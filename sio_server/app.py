@@ -96,6 +96,9 @@ def create_app(settings: Settings) -> web.Application:
     add_page_routes(app, admin_ui=settings.admin_ui)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Before any start-up work, which assumes this is the only server
+        # on a store that allows one.
+        store.claim_for_server()
         await store.open()
         await service.start()
         loop_lag = LoopLagMonitor(metrics.loop_lag)

@@ -13,6 +13,10 @@ class ConfigError(ChatServerError):
     """A `CHAT_*` setting is missing or invalid."""
 
 
+class StoreInUse(ChatServerError):
+    """Another server process already serves a store that allows only one."""
+
+
 class ChatError(ChatServerError):
     """An error reported to a client as `{"code", "message"}`."""
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.support import (
+    ROOT,
     ChatClient,
     Clients,
     ServerProcess,
+    free_port,
     matched_pair,
     serve_in_order,
+    session_of,
 )
 
 
@@ -128,3 +133,37 @@ async def test_graceful_stop_clients_return(
     )
     assert reply["message"]["seq"] == 1
     assert (await agent.next("message"))["text"] == "back"
+
+
+async def test_second_server_on_same_file_exits(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """A second server on the SQLite file of a running one exits and changes nothing."""
+    # SQLite in both test passes: a PostgreSQL database takes several servers.
+    server = server_factory(CHAT_DATABASE_URL="")
+    clients = Clients(server)
+    try:
+        await matched_pair(clients)
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sio_server",
+            "serve",
+            cwd=ROOT,
+            env={**server.env, "CHAT_PORT": str(free_port())},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(second.communicate(), 30)
+        finally:
+            if second.returncode is None:
+                second.kill()
+                await second.wait()
+        assert second.returncode == 2, stderr
+        assert b"another server process is using" in stderr
+        # The running server's count of agents online is cached for up to 1 s.
+        await asyncio.sleep(1.2)
+        visitor = await clients.visitor()
+        assert session_of(visitor)["agents_online"] == 1
+    finally:
+        await clients.close()

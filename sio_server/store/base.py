@@ -46,6 +46,14 @@ class Store(ABC):
     async def ping(self) -> None:
         """Raise when a trivial query on the database fails."""
 
+    def claim_for_server(self) -> None:
+        """Raise `StoreInUse` if another server process serves this store.
+
+        A database that several servers share, such as PostgreSQL, takes no
+        claim, so this does nothing unless a backend overrides it.
+        """
+        return
+
     # Agents
 
     @abstractmethod

@@ -9,8 +9,10 @@ the writer.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -21,7 +23,7 @@ from typing import Any
 import aiosqlite
 
 from .. import matchmaker
-from ..errors import Forbidden, NotFound, TransferRejected, WrongState
+from ..errors import Forbidden, NotFound, StoreInUse, TransferRejected, WrongState
 from ..models import (
     Agent,
     AgentChanges,
@@ -111,8 +113,37 @@ class SQLiteStore(Store):
             tuple[dict[str, Any], asyncio.Future[list[Any]]]
         ] = []
         self._message_writer: asyncio.Task[None] | None = None
+        # The open lock file of `claim_for_server`, locked until `close`.
+        self._server_lock: int | None = None
 
     # Connections and migrations
+
+    def claim_for_server(self) -> None:
+        """Lock the database file for this server process, or raise `StoreInUse`.
+
+        Two servers on one SQLite file would undo each other's state,
+        because a server that starts marks every agent offline. Commands
+        such as `create-agent` do not claim the file, so they run beside the
+        server. The kernel drops the lock when the process exits, however it
+        ends.
+        """
+        if self._server_lock is not None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise StoreInUse(
+                f"another server process is using {self._path}: stop it first,"
+                " or give this one its own CHAT_DATA_DIR"
+            ) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._server_lock = descriptor
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +244,9 @@ class SQLiteStore(Store):
         if self._key_reader is not None:
             self._key_reader.close()
         self._reader = self._writer = self._key_reader = None
+        if self._server_lock is not None:
+            os.close(self._server_lock)
+            self._server_lock = None
 
     async def ping(self) -> None:
         await self._read_one("SELECT 1")
