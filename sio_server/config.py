@@ -113,22 +113,36 @@ class Settings:
         return self.database_url or f"sqlite:///{self.sqlite_path}"
 
 
+def _whole_number(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
 def _parse_port(raw: str) -> int:
-    value = int(raw)
+    value = _whole_number(raw)
     if not 1 <= value <= 65535:
         raise ValueError("must be between 1 and 65535")
     return value
 
 
 def _parse_positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
 
 
 def _parse_timeout(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw)
     if not 0 <= value < float("inf"):
         raise ValueError("must be a number of seconds, or 0 to turn it off")
     return value
@@ -153,7 +167,7 @@ def _parse_departments(raw: str) -> tuple[Department, ...]:
 
 
 def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _whole_number(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value

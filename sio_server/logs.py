@@ -39,3 +39,7 @@ def configure_logging(level: str, log_format: str) -> None:
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # aiosqlite logs every statement at DEBUG, which would bury the server's
+    # own debug lines.
+    if level == "DEBUG":
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -231,7 +231,7 @@ class ChatService:
                 ("agent", agent_id), self.settings.agent_grace_s
             )
         logger.info(
-            "started: %d visitors and %d agents have a grace period to reconnect",
+            "started: %d visitor(s) and %d agent(s) have a grace period to reconnect",
             len(visitors),
             len(agents),
         )
@@ -497,6 +497,7 @@ class ChatService:
             "role": "agent",
             "agent_id": agent.id,
             "name": agent.name,
+            "is_admin": agent.is_admin,
             "status": agent.status,
             "max_chats": agent.max_chats,
             "chats": [chat.to_wire() for chat in chats],

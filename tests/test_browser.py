@@ -321,6 +321,26 @@ async def test_sign_in_wrong_password(
     await expect(page.locator("#app")).to_be_hidden()
 
 
+async def test_admin_link_only_for_admins(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    await server.create_agent("ann@example.com", "Ann")
+    await server.create_agent("root@example.com", "Root", is_admin=True)
+    ann = Dashboard(await new_page(browser, watch, "ann"))
+    await ann.sign_in(server, "ann@example.com")
+    root = Dashboard(await new_page(browser, watch, "root"))
+    await root.sign_in(server, "root@example.com")
+    await expect(ann.page.locator("#admin-link")).to_be_hidden()
+    await expect(root.page.locator("#admin-link")).to_be_visible()
+
+    # After a reload the page reads the role from the session event alone.
+    for dashboard in (ann, root):
+        await dashboard.page.reload()
+        await expect(dashboard.page.locator("#agent-name")).not_to_be_empty()
+    await expect(ann.page.locator("#admin-link")).to_be_hidden()
+    await expect(root.page.locator("#admin-link")).to_be_visible()
+
+
 @pytest.fixture
 async def other_origin() -> AsyncIterator[Callable[[str], str]]:
     """Serve a host page on another port; return a function that builds its URL."""

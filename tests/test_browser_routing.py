@@ -360,13 +360,14 @@ async def test_leave_message_answered_from_missed(
 
     await vera.leave_message("not an email", "Is the red tent back in stock?")
     await expect(vera.leave.locator(".leave-error")).to_have_text(
-        "Enter your email address, so that we can reply."
+        "Enter your email address, so that the team can contact you."
     )
     await vera.leave_message(
         "vera@example.com", "Is the red tent back in stock?", name="Vera V."
     )
     await expect(vera.ended_text).to_have_text(
-        "Thank you! We got your message and will reply to vera@example.com."
+        "Thank you! We got your message from vera@example.com."
+        " An agent's reply will appear on this page."
     )
     await expect(vera.leave).to_be_hidden()
     await expect(vera.message("Is the red tent back in stock?")).to_be_visible()
@@ -406,7 +407,8 @@ async def test_queue_timeout_offers_message(
     await vera.leave.get_by_label("Email").fill("vera@example.com")
     await vera.leave.locator("button.leave-send").click()
     await expect(vera.ended_text).to_have_text(
-        "Thank you! We got your message and will reply to vera@example.com."
+        "Thank you! We got your message from vera@example.com."
+        " An agent's reply will appear on this page."
     )
     await expect(vera.rating).to_be_hidden()
 
@@ -511,7 +513,8 @@ async def test_leave_message_while_queued(
     await expect(vera.department).to_be_hidden()
     await vera.leave_message("vera@example.com", "Please call me back")
     await expect(vera.ended_text).to_have_text(
-        "Thank you! We got your message and will reply to vera@example.com."
+        "Thank you! We got your message from vera@example.com."
+        " An agent's reply will appear on this page."
     )
     await expect(vera.stored).to_have_count(2)
     assert await vera.texts() == ["Hello, anyone?", "Please call me back"]

@@ -67,6 +67,23 @@ def test_bad_value_names_variable(name: str, value: str) -> None:
         load_settings({name: value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHAT_PORT", "abc", "must be a whole number"),
+        ("CHAT_MAX_QUEUE", "1.5", "must be a whole number"),
+        ("CHAT_VISITOR_GRACE_S", "soon", "must be a number"),
+        ("CHAT_QUEUE_TIMEOUT_S", "ten", "must be a number"),
+    ],
+)
+def test_non_number_names_expected_kind(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings({name: value})
+    assert name in str(error.value)
+    assert expected in str(error.value)
+    assert "invalid literal" not in str(error.value)
+
+
 def test_unknown_variable_rejected() -> None:
     with pytest.raises(ConfigError, match="CHAT_PROT"):
         load_settings({"CHAT_PROT": "9000"})

@@ -17,6 +17,7 @@
     signinError: $("signin-error"),
     app: $("app"),
     agentName: $("agent-name"),
+    adminLink: $("admin-link"),
     statusToggle: $("status-toggle"),
     maxChats: $("max-chats"),
     queueInfo: $("queue-info"),
@@ -214,6 +215,7 @@
     // An administrator changed this account, or signed it out.
     socket.on("agent_updated", (agent) => {
       ui.agentName.textContent = agent.name;
+      ui.adminLink.hidden = !agent.is_admin;
       if (agent.max_chats) ui.maxChats.value = String(agent.max_chats);
       if (agent.serving !== undefined) checkServing(agent.serving);
       if (agent.status === "ready" || agent.status === "away") state.status = agent.status;
@@ -265,6 +267,7 @@
 
   async function onSession(session) {
     ui.agentName.textContent = session.name;
+    ui.adminLink.hidden = !session.is_admin;
     state.agentId = session.agent_id;
     state.status = session.status;
     if (session.max_chats) ui.maxChats.value = String(session.max_chats);
@@ -1207,7 +1210,7 @@
     ui.cannedShortcut.focus();
   }
 
-  // Missed chats: the reply route stores the reply and sends it by email.
+  // Missed chats: the reply route stores the reply and hands it to the server's mailer.
 
   async function loadMissed(withMessages) {
     let chats;

@@ -223,7 +223,7 @@
       </div>
       <div class="typing" aria-live="polite"></div>
       <div class="offer" hidden>
-        <p>No agent can answer right now. Leave a message and we will reply by email.</p>
+        <p>No agent can answer right now. Leave a message, and an agent will reply on this page.</p>
         <button class="offer-open" type="button">Leave a message</button>
       </div>
       <div class="prechat" hidden>
@@ -377,7 +377,9 @@
     const chat = state.chat;
     if (chat && chat.status === "missed") {
       ui.endedText.textContent = state.leaveSentTo
-        ? "Thank you! We got your message and will reply to " + state.leaveSentTo + "."
+        ? "Thank you! We got your message from " +
+          state.leaveSentTo +
+          ". An agent's reply will appear on this page."
         : "No agent was free to answer in time.";
     } else if (chat) {
       ui.endedText.textContent = "This chat has ended.";
@@ -606,7 +608,7 @@
     ui.leaveError.textContent = "";
 
     if (!email.includes("@")) {
-      ui.leaveError.textContent = "Enter your email address, so that we can reply.";
+      ui.leaveError.textContent = "Enter your email address, so that the team can contact you.";
       ui.leaveEmail.focus();
       return;
     }
