@@ -162,6 +162,9 @@ class Chat:
     rating_score: int | None = None
     rating_comment: str | None = None
     rated_at: str | None = None
+    # The highest seq that the visitor and the current agent marked read.
+    visitor_read_seq: int = 0
+    agent_read_seq: int = 0
 
     @property
     def closed(self) -> bool:
@@ -197,6 +200,7 @@ class Chat:
             "ended_by": self.ended_by,
             "end_reason": self.end_reason,
             "rating": self.rating_to_wire(),
+            "read": {"visitor": self.visitor_read_seq, "agent": self.agent_read_seq},
         }
 
 

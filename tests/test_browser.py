@@ -120,6 +120,34 @@ async def test_visitor_reload_keeps_transcript(
     assert await widget.texts() == ["first", "second", "third", "fourth"]
 
 
+async def test_reload_keeps_read_marks(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    dashboard = await agent_page(browser, watch, server)
+    widget = await visitor_page(browser, watch, server)
+    await identify(widget, "Vera")
+    await widget.send("first")
+    await expect(dashboard.message("Vera", "first")).to_be_visible()
+    await dashboard.pane("Vera").locator("textarea").click()
+    await dashboard.reply("Vera", "second")
+    await expect(widget.message("second")).to_be_visible()
+    # Each side has read the other's message.
+    await expect(widget.message("first").locator(".meta")).to_contain_text("Read")
+    agent_reply = dashboard.pane("Vera").locator(".msg.agent .meta")
+    await expect(agent_reply).to_contain_text("Read")
+
+    await widget.page.reload()
+    await dashboard.page.reload()
+    await expect(dashboard.pane("Vera")).to_be_visible()
+    await expect(
+        dashboard.chat_list.filter(has_text="Vera").locator(".unread")
+    ).to_have_count(0)
+    await expect(agent_reply).to_contain_text("Read")
+    await expect(widget.page.locator("[data-sio-chat] .badge")).to_be_hidden()
+    await widget.open()
+    await expect(widget.message("first").locator(".meta")).to_contain_text("Read")
+
+
 async def test_offline_messages_arrive_once(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:

@@ -419,6 +419,24 @@ async def test_read_mark_only_rises(store: Store) -> None:
     assert await store.get_read_mark(chat_id, "agent", "nobody") == 0
 
 
+async def test_chat_carries_read_marks(store: Store) -> None:
+    chat_id, visitor, agent = await active_chat(store)
+    fresh = await store.get_chat(chat_id)
+    assert fresh is not None
+    assert fresh.to_wire()["read"] == {"visitor": 0, "agent": 0}
+
+    await store.add_message(chat_id, agent, "hello", "a1")
+    await store.set_read_mark(chat_id, "visitor", visitor.id, 2)
+    await store.set_read_mark(chat_id, "agent", agent.id, 1)
+    # A mark of someone who is not the chat's agent is not the agent's.
+    await store.set_read_mark(chat_id, "agent", "another-agent", 2)
+    read = await store.get_chat(chat_id)
+    assert read is not None
+    assert read.to_wire()["read"] == {"visitor": 2, "agent": 1}
+    listed = await store.active_chats_of_agent(agent.id)
+    assert [chat.to_wire()["read"] for chat in listed] == [{"visitor": 2, "agent": 1}]
+
+
 async def test_timeouts_fire_once(store: Store) -> None:
     chat_id, visitor, agent = await active_chat(store)
     requeued = await store.requeue_unreplied(LATER)

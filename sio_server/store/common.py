@@ -25,12 +25,19 @@ CHAT_COLUMNS = """
     c.id, c.status, c.visitor_id, v.name AS visitor_name, c.agent_id,
     a.name AS agent_name, c.department, c.created_at, c.queued_at, c.assigned_at,
     c.ended_at, c.ended_by, c.end_reason, c.last_seq, v.email AS visitor_email,
-    c.rating_score, c.rating_comment, c.rated_at
+    c.rating_score, c.rating_comment, c.rated_at,
+    COALESCE(rv.seq, 0) AS visitor_read_seq, COALESCE(ra.seq, 0) AS agent_read_seq
 """
+# The read marks are the visitor's and the current agent's, so that a page
+# loaded again shows what each side has read.
 CHAT_FROM = """
     FROM chats c
     JOIN visitors v ON v.id = c.visitor_id
     LEFT JOIN agents a ON a.id = c.agent_id
+    LEFT JOIN read_marks rv ON rv.chat_id = c.id AND rv.reader_role = 'visitor'
+        AND rv.reader_id = c.visitor_id
+    LEFT JOIN read_marks ra ON ra.chat_id = c.id AND ra.reader_role = 'agent'
+        AND ra.reader_id = c.agent_id
 """
 MESSAGE_COLUMNS = (
     "id, chat_id, seq, sender_role, sender_id, sender_name, text, client_id, created_at"

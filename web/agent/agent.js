@@ -323,6 +323,11 @@
     } else {
       view.chat = chat;
     }
+    // The marks stored on the server, so that a reloaded page shows what was read.
+    if (chat.read) {
+      view.readSeq = Math.max(view.readSeq, chat.read.agent || 0);
+      view.visitorReadSeq = Math.max(view.visitorReadSeq, chat.read.visitor || 0);
+    }
     return view;
   }
 

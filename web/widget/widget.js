@@ -86,6 +86,7 @@
     connectLimited: false, // true after the server refused the handshake with rate_limited
     failedConnects: 0,
     agentReadSeq: 0,
+    ownReadSeq: 0, // the highest seq this visitor marked read
     agentTyping: false,
     unread: 0,
     departments: [], // [{id, name}] from the session, empty with one general queue
@@ -828,9 +829,15 @@
       state.leaveSentTo = null;
       state.waitingAgain = false;
       state.agentReadSeq = 0;
+      state.ownReadSeq = 0;
       state.position = null;
     }
     state.chat = chat;
+    // The marks stored on the server, so that a reloaded page shows what was read.
+    if (chat.read) {
+      state.agentReadSeq = Math.max(state.agentReadSeq, chat.read.agent || 0);
+      state.ownReadSeq = Math.max(state.ownReadSeq, chat.read.visitor || 0);
+    }
     if (chat.status !== "queued") state.position = null;
     // Kept so that a page loaded after the chat closed can still ask for a rating.
     if (!isClosed(chat)) save("chat", { id: chat.id });
@@ -885,7 +892,7 @@
     for (const message of messages) {
       if (!state.messages.has(message.seq)) {
         state.messages.set(message.seq, message);
-        if (message.sender.role !== "visitor") fresh += 1;
+        if (message.sender.role !== "visitor" && message.seq > state.ownReadSeq) fresh += 1;
       }
       state.outbox = state.outbox.filter((item) => item.client_id !== message.client_id);
     }
@@ -1004,7 +1011,10 @@
     for (const message of state.messages.values()) {
       if (message.sender.role !== "visitor") last = Math.max(last, message.seq);
     }
-    if (last > 0) socket.emit("read", { chat_id: state.chat.id, seq: last });
+    if (last > 0) {
+      state.ownReadSeq = Math.max(state.ownReadSeq, last);
+      socket.emit("read", { chat_id: state.chat.id, seq: last });
+    }
   }
 
   let typingTimer = null;
@@ -1093,6 +1103,7 @@
       outbox: [],
       unread: 0,
       agentReadSeq: 0,
+      ownReadSeq: 0,
       position: null,
       agentsOnline: null,
     });
