@@ -273,7 +273,7 @@ class ChatWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             socket.upgraded = True
             return True
         # Packets sent meanwhile wait in the queue until the upgrade is done.
-        # A client that stops half way gets the ping timeout to finish. Without
+        # A client that stops halfway gets the ping timeout to finish. Without
         # a deadline, its WebSocket would stay open until TCP gave up on it.
         socket.upgrading = True
         try:

@@ -139,7 +139,7 @@ async def test_second_server_on_same_file_exits(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
     """A second server on the SQLite file of a running one exits and changes nothing."""
-    # SQLite in both test passes: a PostgreSQL database takes several servers.
+    # SQLite in both test passes, because a PostgreSQL database allows several servers.
     server = server_factory(CHAT_DATABASE_URL="")
     clients = Clients(server)
     try:

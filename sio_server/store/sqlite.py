@@ -138,7 +138,7 @@ class SQLiteStore(Store):
             os.close(descriptor)
             raise StoreInUse(
                 f"another server process is using {self._path}: stop it first,"
-                " or give this one its own CHAT_DATA_DIR"
+                " or give this one its own CHAT_DATA_DIR or CHAT_DATABASE_URL"
             ) from None
         except BaseException:
             os.close(descriptor)
