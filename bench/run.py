@@ -122,6 +122,9 @@ class Run:
     profile: Profile
     workdir: Path
     workloads: frozenset[str] = frozenset(WORKLOADS)
+    # Who connects in the idle workload: "mixed" (every 10th socket an
+    # agent), "visitor" or "agent".
+    idle_role: str = "mixed"
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What each target was (label, processes, database), and why it was
     # skipped if it was.
@@ -234,7 +237,7 @@ def bench_idle(run: Run, targets: list[Target], count: int) -> None:
     rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
     for _ in range(run.profile.idle_rounds):
         for target in targets:
-            rounds[target.name].append(idle_round(target, count))
+            rounds[target.name].append(idle_round(target, count, run.idle_role))
     for target in targets:
         results = rounds[target.name]
         by_rate = sorted(results, key=lambda r: r.get("connections_per_s") or 0)
@@ -247,28 +250,38 @@ def bench_idle(run: Run, targets: list[Target], count: int) -> None:
         run.record(target, f"idle_{count}", result)
 
 
-def idle_round(target: Target, count: int) -> dict[str, Any]:
-    tokens = target.prepare(max(1, count // 10))
+def idle_round(target: Target, count: int, role: str = "mixed") -> dict[str, Any]:
+    # An agent may hold only a few sockets, so each agent socket has its own.
+    agents = {"mixed": max(1, count // 10), "visitor": 1, "agent": count}[role]
+    tokens = target.prepare(agents)
     target.start()
     try:
         time.sleep(1.0)
         before = sum(rss_bytes(pid) for pid in target.pids)
-        sample: dict[str, int] = {}
+        cpu_before = target.cpu_sample()["server"]
+        sample: dict[str, float] = {}
 
         def measure() -> None:
+            # The generator prints READY once the last socket has its session.
+            sample["cpu"] = target.cpu_sample()["server"] - cpu_before
             time.sleep(2.0)
             sample["rss"] = sum(rss_bytes(pid) for pid in target.pids)
 
         result = run_loadgen(
             target,
             "idle",
-            ["--count", str(count), "--role", "mixed"],
+            ["--count", str(count), "--role", role],
             tokens,
             on_signal={"READY": measure},
             hold=True,
         )
         result.update(settle_after_close(target))
         connected = max(1, int(result.get("connected", 0)))
+        result["role"] = role
+        if "cpu" in sample:
+            result["connect_cpu_us_per_connection"] = round(
+                sample["cpu"] / connected * 1e6, 1
+            )
         if "rss" in sample:
             result["rss_before_mb"] = round(before / 2**20, 1)
             result["rss_after_mb"] = round(sample["rss"] / 2**20, 1)
@@ -643,6 +656,11 @@ def figures(
             True,
         ),
         (
+            f"server CPU per connect, us ({largest} sockets)",
+            f"idle_{largest}.connect_cpu_us_per_connection",
+            False,
+        ),
+        (
             f"server CPU after {largest} sockets closed, s",
             f"idle_{largest}.close_cpu_s",
             False,
@@ -808,6 +826,13 @@ def main() -> int:
         help="rounds of each idle count, taking the median round (3; 1 with --quick)",
     )
     parser.add_argument(
+        "--idle-role",
+        choices=("mixed", "visitor", "agent"),
+        default="mixed",
+        help="who opens the idle sockets: mixed makes every 10th an agent (the"
+        " default), visitor and agent make all of them one kind",
+    )
+    parser.add_argument(
         "--open-rounds",
         type=int,
         help="rounds of the open-loop ladder, taking the median round at each"
@@ -858,7 +883,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sio-bench-") as workdir:
-        run = Run(profile=profile, workdir=Path(workdir), workloads=workloads)
+        run = Run(
+            profile=profile,
+            workdir=Path(workdir),
+            workloads=workloads,
+            idle_role=args.idle_role,
+        )
         targets = [TARGET_CLASSES[name](Path(workdir)) for name in names]
         bench_all(run, runnable(run, targets))
         text, rows = table(run, names)

@@ -13,7 +13,9 @@ export async function runIdle(ctx, options) {
   let agentsMade = 0;
   // Agents and visitors are each spread round-robin over the nodes.
   for (let i = 0; i < count; i++) {
-    if (options.role === "mixed" && i % 10 === 0) {
+    const agent =
+      options.role === "agent" || (options.role === "mixed" && i % 10 === 0);
+    if (agent) {
       conns.push(
         new Conn(
           i,

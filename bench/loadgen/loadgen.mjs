@@ -34,10 +34,11 @@ import { runStorm } from "./storm.mjs";
 const USAGE = `usage: node loadgen.mjs WORKLOAD [options]
 
 Workloads and their options (defaults in brackets):
-  idle          --count N [1000] --role visitor|mixed [visitor]
+  idle          --count N [1000] --role visitor|mixed|agent [visitor]
                 Opens N sockets, prints READY on stderr and holds them until
                 stdin closes or SIGTERM arrives, within --timeout-s. mixed makes
-                every 10th socket an agent, cycling through the agent tokens.
+                every 10th socket an agent and agent makes every socket one,
+                cycling through the agent tokens.
   relay-closed  --pairs P [100] --duration-s D [10] --max-chats M [10]
                 Each chat ping-pongs one message at a time between visitor and agent.
   relay-open    --chats C [1000] --rates R1,R2,... [500,2000] --step-s S [10] --max-chats M [10]
@@ -177,9 +178,9 @@ function validateNumbers(options) {
   if ("stop-p99-ms" in options) {
     integer("stop-p99-ms", 0, 3_600_000);
   }
-  if ("role" in options && !["visitor", "mixed"].includes(options.role)) {
+  if ("role" in options && !["visitor", "mixed", "agent"].includes(options.role)) {
     throw new UsageError(
-      `--role must be visitor or mixed, got '${options.role}'`,
+      `--role must be visitor, mixed or agent, got '${options.role}'`,
     );
   }
   if ("rates" in options) {
@@ -235,7 +236,7 @@ function websocketUrl(baseUrl, allowRemote) {
 // Read the agent tokens for the workloads that connect agents, checking that
 // there are enough distinct ones.
 function readAgentTokens(workload, options) {
-  if (workload === "idle" && options.role !== "mixed") {
+  if (workload === "idle" && options.role === "visitor") {
     return [];
   }
 
