@@ -251,7 +251,8 @@ def bench_idle(run: Run, targets: list[Target], count: int) -> None:
 
 
 def idle_round(target: Target, count: int, role: str = "mixed") -> dict[str, Any]:
-    # An agent may hold only a few sockets, so each agent socket has its own.
+    # An agent may hold only a few sockets, so with every socket an agent,
+    # each socket gets an account of its own.
     agents = {"mixed": max(1, count // 10), "visitor": 1, "agent": count}[role]
     tokens = target.prepare(agents)
     target.start()
