@@ -150,6 +150,7 @@ class Dashboard:
         self.chat_list = page.locator("#chat-list li")
         self.notice = page.locator("#notice")
         self.missed = page.locator("#missed-list .missed-item")
+        self.history = page.locator("#history-list .history-item")
         self.canned = page.locator("#canned-list li")
 
     async def sign_in(self, server: ServerProcess, email: str) -> None:
@@ -214,7 +215,7 @@ class Dashboard:
         await pane.locator("button.transfer-send").click()
 
     async def show(self, view: str) -> None:
-        """Switch the main area to `chats`, `missed` or `canned`."""
+        """Switch the main area to `chats`, `missed`, `history` or `canned`."""
         await self.page.click(f"#view-{view}")
         await expect(self.page.locator(f"#view-{view}")).to_have_attribute(
             "aria-pressed", "true"

@@ -285,6 +285,66 @@ async def test_rating_reaches_agent(
     await expect(vera.rating).to_be_hidden()
 
 
+async def test_history_keeps_ended_chat(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    ann, vera = await chatting(browser, watch, server)
+    await ann.reply("Vera", "Screw the valve in tight")
+    await expect(vera.message("Screw the valve in tight")).to_be_visible()
+    await ann.pane("Vera").locator("button.end").click()
+    await vera.star(5).click()
+    await vera.rating.get_by_label("Comment").fill("Fixed it")
+    await vera.rating.locator("button.rating-send").click()
+    await expect(ann.pane("Vera").locator(".rating")).to_contain_text("5 of 5")
+
+    # An ended chat leaves the chat list with a reload, and stays in History.
+    await ann.page.reload()
+    await expect(ann.queue).not_to_be_empty()
+    await expect(ann.chat_list).to_have_count(0)
+    await ann.show("history")
+    item = ann.history.filter(has_text="Vera")
+    await expect(item).to_have_count(1)
+    meta = item.locator(".missed-meta")
+    await expect(meta).to_contain_text("You ended the chat.")
+    await expect(meta).to_contain_text("Rated 5 of 5")
+    await expect(item.locator(".rating-comment")).to_have_text("“Fixed it”")
+    await expect(ann.page.locator("#history-more")).to_be_hidden()
+
+    await item.locator("summary").click()
+    lines = item.locator(".thread .msg .text")
+    await expect(lines).to_have_text(["My stove leaks", "Screw the valve in tight"])
+
+
+async def test_history_pages_older_chats(
+    browser: Browser, watch: PageWatch, server: ServerProcess
+) -> None:
+    # One page is 25 chats, so the 26th shows only after "Show older chats".
+    clients = Clients(server)
+    try:
+        agent = await clients.agent("ann@example.com", ready=True)
+        for n in range(26):
+            guest = await clients.visitor(name=f"Guest {n:02}")
+            joined = await guest.call("join_queue", {})
+            assert joined["ok"], joined
+            await agent.next("chat_started")
+            ended = await agent.call("end_chat", {"chat_id": joined["chat"]["id"]})
+            assert ended["ok"], ended
+            await guest.disconnect()
+    finally:
+        await clients.close()
+
+    ann = Dashboard(await new_page(browser, watch, "Ann"))
+    await ann.sign_in(server, "ann@example.com")
+    await ann.show("history")
+    await expect(ann.history).to_have_count(25)
+    await expect(ann.history.first.locator("h3")).to_have_text("Guest 25")
+    more = ann.page.locator("#history-more")
+    await more.click()
+    await expect(ann.history).to_have_count(26)
+    await expect(ann.history.last.locator("h3")).to_have_text("Guest 00")
+    await expect(more).to_be_hidden()
+
+
 async def test_rating_by_keyboard(
     browser: Browser, watch: PageWatch, server: ServerProcess
 ) -> None:

@@ -31,13 +31,24 @@
     departmentBoxes: $("department-boxes"),
     statusError: $("status-error"),
     notice: $("notice"),
-    viewButtons: { chats: $("view-chats"), missed: $("view-missed"), canned: $("view-canned") },
+    viewButtons: {
+      chats: $("view-chats"),
+      missed: $("view-missed"),
+      history: $("view-history"),
+      canned: $("view-canned"),
+    },
     missed: $("missed"),
     missedCount: $("missed-count"),
     missedRefresh: $("missed-refresh"),
     missedError: $("missed-error"),
     missedEmpty: $("missed-empty"),
     missedList: $("missed-list"),
+    history: $("history"),
+    historyRefresh: $("history-refresh"),
+    historyError: $("history-error"),
+    historyEmpty: $("history-empty"),
+    historyList: $("history-list"),
+    historyMore: $("history-more"),
     canned: $("canned"),
     cannedForm: $("canned-form"),
     cannedShortcut: $("canned-shortcut"),
@@ -63,11 +74,12 @@
     audio: null,
     agentId: null,
     departments: [], // [{id, name}] configured on the server
-    view: "chats", // which section the main area shows: chats, missed or canned
+    view: "chats", // which section the main area shows: chats, missed, history or canned
     canned: [], // canned responses, sorted by shortcut
     editingCanned: null, // the canned response the form is editing, or null when adding
     cannedLoadedAt: 0, // Date.now() of the last canned response load
     missed: [], // [{chat, messages}] for the Missed list
+    history: { chats: [], more: false }, // this agent's ended chats, newest first
   };
 
   // Sign in and out.
@@ -1258,11 +1270,10 @@
     const meta = document.createElement("p");
     meta.className = "muted missed-meta";
     const email = chat.visitor.email;
-    const when = new Date(chat.created_at);
     meta.textContent =
       (email || "No email given") +
       " · " +
-      (Number.isNaN(when.getTime()) ? chat.created_at : when.toLocaleString()) +
+      localTime(chat.created_at) +
       (chat.department ? " · " + departmentName(chat.department) : "") +
       (chat.agent ? " · answered by " + chat.agent.name : "");
 
@@ -1349,12 +1360,101 @@
 
   ui.missedRefresh.addEventListener("click", () => loadMissed(true));
 
-  // Main area: the chat windows, the Missed list or the canned responses.
+  function localTime(text) {
+    const when = new Date(text);
+    return Number.isNaN(when.getTime()) ? text : when.toLocaleString();
+  }
+
+  // History: this agent's ended chats, a page at a time, each transcript
+  // loaded when it is first opened.
+
+  const HISTORY_PAGE = 25;
+
+  async function loadHistory(older) {
+    const known = older ? state.history.chats : [];
+    let path =
+      "/api/chats?status=ended&limit=" + HISTORY_PAGE + "&agent_id=" + encodeURIComponent(state.agentId);
+    if (known.length > 0) path += "&before=" + encodeURIComponent(known[known.length - 1].created_at);
+    let chats;
+    try {
+      chats = (await api("GET", path)).chats || [];
+    } catch (failure) {
+      ui.historyError.textContent = "Ended chats could not be loaded: " + failure.message;
+      return;
+    }
+    ui.historyError.textContent = "";
+    state.history = { chats: [...known, ...chats], more: chats.length === HISTORY_PAGE };
+    ui.historyList.replaceChildren(...state.history.chats.map((chat) => historyItem(chat)));
+    ui.historyEmpty.hidden = state.history.chats.length > 0;
+    ui.historyMore.hidden = !state.history.more;
+  }
+
+  function historyItem(chat) {
+    const item = document.createElement("li");
+    item.className = "missed-item history-item";
+    item.dataset.chatId = chat.id;
+    const title = document.createElement("h3");
+    title.textContent = chat.visitor.name;
+    const meta = document.createElement("p");
+    meta.className = "muted missed-meta";
+    const parts = [localTime(chat.ended_at || chat.created_at), endNote(chat.ended_by, chat.end_reason)];
+    if (chat.department) parts.push(departmentName(chat.department));
+    if (chat.rating) parts.push("Rated " + chat.rating.score + " of 5");
+    meta.textContent = parts.join(" · ");
+    item.append(title, meta);
+    if (chat.rating && chat.rating.comment) {
+      const comment = document.createElement("p");
+      comment.className = "rating-comment";
+      comment.textContent = "“" + chat.rating.comment + "”";
+      item.append(comment);
+    }
+
+    const transcript = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "Transcript, " + chat.last_seq + (chat.last_seq === 1 ? " message" : " messages");
+    const thread = document.createElement("div");
+    thread.className = "thread";
+    transcript.append(summary, thread);
+    transcript.addEventListener("toggle", () => {
+      if (transcript.open && !thread.dataset.loaded) loadTranscript(chat, thread);
+    });
+    item.append(transcript);
+    return item;
+  }
+
+  async function loadTranscript(chat, thread) {
+    thread.dataset.loaded = "true";
+    const lines = [];
+    let afterSeq = 0;
+    try {
+      for (;;) {
+        const path =
+          "/api/chats/" + encodeURIComponent(chat.id) + "/messages?limit=1000&after_seq=" + afterSeq;
+        const page = await api("GET", path);
+        const messages = page.messages || [];
+        lines.push(...messages.map((message) => threadLine(message)));
+        if (!page.has_more || messages.length === 0) break;
+        afterSeq = messages[messages.length - 1].seq;
+      }
+    } catch (failure) {
+      // Opening the transcript again tries again.
+      delete thread.dataset.loaded;
+      thread.replaceChildren(...lines, errorLine("The transcript could not be loaded: " + failure.message));
+      return;
+    }
+    thread.replaceChildren(...lines);
+  }
+
+  ui.historyRefresh.addEventListener("click", () => loadHistory(false));
+  ui.historyMore.addEventListener("click", () => loadHistory(true));
+
+  // Main area: the chat windows, the Missed list, the History or the canned responses.
 
   function showView(name) {
     state.view = name;
     ui.panes.hidden = name !== "chats";
     ui.missed.hidden = name !== "missed";
+    ui.history.hidden = name !== "history";
     ui.canned.hidden = name !== "canned";
     for (const [key, button] of Object.entries(ui.viewButtons)) {
       button.setAttribute("aria-pressed", String(key === name));
@@ -1365,6 +1465,10 @@
   ui.viewButtons.missed.addEventListener("click", () => {
     showView("missed");
     loadMissed(true);
+  });
+  ui.viewButtons.history.addEventListener("click", () => {
+    showView("history");
+    loadHistory(false);
   });
   ui.viewButtons.canned.addEventListener("click", () => {
     showView("canned");
