@@ -1261,14 +1261,21 @@
     ui.missedEmpty.hidden = items.length > 0;
   }
 
-  function missedItem({ chat, messages, error }) {
+  // A list item for a chat: the visitor's name over a line of details.
+  function chatCard(chat, className) {
     const item = document.createElement("li");
-    item.className = "missed-item";
+    item.className = className;
     item.dataset.chatId = chat.id;
     const title = document.createElement("h3");
     title.textContent = chat.visitor.name;
     const meta = document.createElement("p");
     meta.className = "muted missed-meta";
+    item.append(title, meta);
+    return { item, meta };
+  }
+
+  function missedItem({ chat, messages, error }) {
+    const { item, meta } = chatCard(chat, "missed-item");
     const email = chat.visitor.email;
     meta.textContent =
       (email || "No email given") +
@@ -1281,7 +1288,7 @@
     thread.className = "thread";
     for (const message of messages) thread.append(threadLine(message));
     if (error) thread.append(errorLine("The messages could not be loaded: " + error));
-    item.append(title, meta, thread, missedReplyForm(chat, thread));
+    item.append(thread, missedReplyForm(chat, thread));
     return item;
   }
 
@@ -1390,18 +1397,11 @@
   }
 
   function historyItem(chat) {
-    const item = document.createElement("li");
-    item.className = "missed-item history-item";
-    item.dataset.chatId = chat.id;
-    const title = document.createElement("h3");
-    title.textContent = chat.visitor.name;
-    const meta = document.createElement("p");
-    meta.className = "muted missed-meta";
+    const { item, meta } = chatCard(chat, "missed-item history-item");
     const parts = [localTime(chat.ended_at || chat.created_at), endNote(chat.ended_by, chat.end_reason)];
     if (chat.department) parts.push(departmentName(chat.department));
     if (chat.rating) parts.push("Rated " + chat.rating.score + " of 5");
     meta.textContent = parts.join(" · ");
-    item.append(title, meta);
     if (chat.rating && chat.rating.comment) {
       const comment = document.createElement("p");
       comment.className = "rating-comment";
