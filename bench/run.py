@@ -86,7 +86,7 @@ FULL = Profile(
     open_chats=1000,
     # Up to where the Node peer bends as well. A target's ladder stops after
     # the first step whose p99 is over OPEN_STOP_P99_MS.
-    open_rates=[500, 1000, 2000, 3000, 4000, 5000, 8000, 12000],
+    open_rates=[500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 12000],
     open_step_s=10,
     open_rounds=3,
     match_visitors=2000,
