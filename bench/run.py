@@ -251,8 +251,8 @@ def bench_idle(run: Run, targets: list[Target], count: int) -> None:
 
 
 def idle_round(target: Target, count: int, role: str = "mixed") -> dict[str, Any]:
-    # An agent may hold only a few sockets, so with every socket an agent,
-    # each socket gets an account of its own.
+    # The server caps the sockets of one agent, so the agent role gets one
+    # account per socket.
     agents = {"mixed": max(1, count // 10), "visitor": 1, "agent": count}[role]
     tokens = target.prepare(agents)
     target.start()

@@ -79,7 +79,7 @@
     editingCanned: null, // the canned response the form is editing, or null when adding
     cannedLoadedAt: 0, // Date.now() of the last canned response load
     missed: [], // [{chat, messages}] for the Missed list
-    history: { chats: [], more: false }, // this agent's ended chats, newest first
+    history: [], // this agent's ended chats shown in History, newest first
   };
 
   // Sign in and out.
@@ -1378,22 +1378,27 @@
   const HISTORY_PAGE = 25;
 
   async function loadHistory(older) {
-    const known = older ? state.history.chats : [];
+    const known = older ? state.history : [];
     let path =
       "/api/chats?status=ended&limit=" + HISTORY_PAGE + "&agent_id=" + encodeURIComponent(state.agentId);
     if (known.length > 0) path += "&before=" + encodeURIComponent(known[known.length - 1].created_at);
+    // Disabled while a page loads, so that a double click does not add it twice.
+    ui.historyMore.disabled = true;
     let chats;
     try {
       chats = (await api("GET", path)).chats || [];
     } catch (failure) {
-      ui.historyError.textContent = "Ended chats could not be loaded: " + failure.message;
+      ui.historyError.textContent = "Failed to load ended chats: " + failure.message + ". Try Refresh.";
       return;
+    } finally {
+      ui.historyMore.disabled = false;
     }
     ui.historyError.textContent = "";
-    state.history = { chats: [...known, ...chats], more: chats.length === HISTORY_PAGE };
-    ui.historyList.replaceChildren(...state.history.chats.map((chat) => historyItem(chat)));
-    ui.historyEmpty.hidden = state.history.chats.length > 0;
-    ui.historyMore.hidden = !state.history.more;
+    state.history = [...known, ...chats];
+    ui.historyList.replaceChildren(...state.history.map((chat) => historyItem(chat)));
+    ui.historyEmpty.hidden = state.history.length > 0;
+    // A full page means that older chats may follow.
+    ui.historyMore.hidden = chats.length < HISTORY_PAGE;
   }
 
   function historyItem(chat) {
@@ -1437,9 +1442,10 @@
         afterSeq = messages[messages.length - 1].seq;
       }
     } catch (failure) {
-      // Opening the transcript again tries again.
+      // The next time the transcript opens, it loads again.
       delete thread.dataset.loaded;
-      thread.replaceChildren(...lines, errorLine("The transcript could not be loaded: " + failure.message));
+      const message = "Failed to load the transcript: " + failure.message + ". Close and open it to retry.";
+      thread.replaceChildren(...lines, errorLine(message));
       return;
     }
     thread.replaceChildren(...lines);
